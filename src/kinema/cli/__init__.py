@@ -1,0 +1,45 @@
+"""The `kinema` command. Each group lives in its own module and registers on `app`.
+
+Heavy imports (torch, models) happen inside the commands so `kinema --help` is quick.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="kinema",
+    help="Latent video diffusion: train on your clips, generate videos from text, images, keyframes or clips.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+from kinema.cli import data as _data  # noqa: E402,F401  (registers `kinema data ...`)
+from kinema.cli import info as _info  # noqa: E402,F401  (registers `kinema info`)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input exits 2 with a one-line message, internal failures exit 1."""
+    from kinema.errors import KinemaError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except KinemaError as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:
+        # click's (typer's vendored click) usage errors know how to show themselves and exit with 2
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,56 @@
+"""`kinema info`: versions, device, threads, and whether bf16 is fast here."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from kinema.cli import app
+
+
+def bf16_speedup(n: int = 512, repeats: int = 5) -> float:
+    """Measured fp32 time / bf16-autocast time for an n x n matmul on the CPU."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+
+    def timed(dtype: torch.dtype | None) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            if dtype is None:
+                a @ b
+            else:
+                with torch.autocast("cpu", dtype=dtype):
+                    a @ b
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    timed(torch.bfloat16)  # warm up the bf16 kernels
+    return timed(None) / timed(torch.bfloat16)
+
+
+@app.command()
+def info() -> None:
+    """Print kinema, torch and PyAV versions, the device, threads, and whether bf16 autocast pays off here."""
+    import platform
+
+    import av
+    import torch
+
+    import kinema
+
+    typer.echo(f"kinema   {kinema.__version__}")
+    typer.echo(f"python   {platform.python_version()} ({platform.machine()})")
+    typer.echo(f"torch    {torch.__version__}")
+    typer.echo(f"pyav     {av.__version__} (ffmpeg {'.'.join(map(str, av.library_versions['libavcodec']))} libavcodec)")
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        typer.echo(f"device   cuda: {names}")
+    else:
+        typer.echo("device   cpu (no CUDA device)")
+    typer.echo(f"threads  {torch.get_num_threads()} intra-op")
+    speedup = bf16_speedup()
+    verdict = "use bf16 autocast" if speedup > 1.2 else "bf16 autocast does not pay off here"
+    typer.echo(f"bf16     {speedup:.1f}x the fp32 matmul speed on cpu: {verdict}")
