@@ -1,0 +1,258 @@
+"""The shapes dataset follows SHAPES.md: determinism, captions, split, geometry, loading."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from kinema.data import get_dataset
+from kinema.data.shapes import (
+    ALL_COMBOS,
+    COLOURS,
+    HELDOUT_COMBOS,
+    MOTIONS,
+    PALETTE,
+    SHAPES,
+    TRAIN_COMBOS,
+    ShapesDataset,
+    caption_for,
+    is_heldout,
+    make_object,
+    render_clip,
+    side_pixels,
+)
+from kinema.errors import KinemaError
+
+ONE = r"a (small|large) ({c}) ({s}) (moving (left|right|up|down)|staying still)".format(
+    c="|".join(COLOURS), s="|".join(SHAPES)
+)
+
+
+def combo(a):
+    return a["colour_index"], a["shape_index"], a["motion_index"]
+
+
+def test_same_seed_same_clip_and_different_index_or_seed_differ():
+    a, b = ShapesDataset(size=32, frames=5, seed=3), ShapesDataset(size=32, frames=5, seed=3)
+    for i in (0, 7, 123):
+        assert torch.equal(a[i]["video"], b[i]["video"])
+        assert a[i]["caption"] == b[i]["caption"] and a.attributes(i) == b.attributes(i)
+    assert not torch.equal(a[0]["video"], a[1]["video"])
+    other = ShapesDataset(size=32, frames=5, seed=4)
+    assert not torch.equal(a[0]["video"], other[0]["video"])
+    assert a.attributes(-1) == a.attributes(len(a) - 1)
+
+
+def test_item_is_the_rendered_clip_in_minus_one_to_one():
+    ds = ShapesDataset(size=32, frames=5, length=10)
+    item = ds[2]
+    video = item["video"]
+    assert video.shape == (3, 5, 32, 32) and video.dtype == torch.float32
+    assert video.min() >= -1 and video.max() <= 1 and video.min() == -1  # black background
+    frames = render_clip(ds.attributes(2), 32, 5)
+    expected = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+    torch.testing.assert_close(video, expected)
+    assert item["caption"] == caption_for(ds.attributes(2))
+    with pytest.raises(IndexError):
+        ds[10]
+
+
+@pytest.mark.parametrize("objects", [1, 2])
+def test_captions_follow_the_grammar(objects):
+    ds = ShapesDataset(objects=objects, length=300)
+    pattern = re.compile("^" + " and ".join([ONE] * objects) + "$")
+    for i in range(len(ds)):
+        attrs = ds.attributes(i)
+        caption = caption_for(attrs)
+        assert pattern.match(caption), caption
+        for part, a in zip(caption.split(" and "), attrs):
+            action = "staying still" if a["motion"] == "still" else f"moving {a['motion']}"
+            assert part == f"a {a['size']} {a['colour']} {a['shape']} {action}"
+    assert caption_for(make_object(colour=0, shape=0, size=0, motion=1, canvas=64, frames=17)) == (
+        "a small red circle moving right"
+    )
+
+
+def test_heldout_rule_selects_15_of_120_combinations():
+    assert len(ALL_COMBOS) == 120
+    held = [(c, s, m) for c in range(8) for s in range(3) for m in range(5) if (c + 3 * s + 2 * m) % 8 == 5]
+    assert sorted(HELDOUT_COMBOS) == held and len(held) == 15
+    assert set(TRAIN_COMBOS) | set(HELDOUT_COMBOS) == set(ALL_COMBOS)
+    assert not set(TRAIN_COMBOS) & set(HELDOUT_COMBOS)
+    assert is_heldout(5, 0, 0) and not is_heldout(0, 0, 0)
+    # Every colour, shape and motion still has training partners.
+    for axis, n in ((0, 8), (1, 3), (2, 5)):
+        assert {k[axis] for k in TRAIN_COMBOS} == set(range(n))
+
+
+@pytest.mark.parametrize("objects", [1, 2])
+def test_train_split_never_shows_a_heldout_combination(objects):
+    ds = ShapesDataset(split="train", objects=objects, length=3000)
+    seen = set()
+    for i in range(len(ds)):
+        attrs = ds.attributes(i)
+        assert len(attrs) == objects
+        for a in attrs:
+            assert not is_heldout(*combo(a)) and not a["heldout"]
+            seen.add(combo(a))
+        if objects == 2:
+            assert attrs[0]["colour"] != attrs[1]["colour"]
+    assert seen == set(TRAIN_COMBOS)  # every training combination, hence every colour, shape, motion
+
+
+@pytest.mark.parametrize("objects", [1, 2])
+def test_heldout_split_shows_heldout_combinations(objects):
+    ds = ShapesDataset(split="heldout", objects=objects, length=600)
+    seen = set()
+    for i in range(len(ds)):
+        attrs = ds.attributes(i)
+        flags = [is_heldout(*combo(a)) for a in attrs]
+        assert all(flags) if objects == 1 else any(flags)
+        seen.update(combo(a) for a in attrs if is_heldout(*combo(a)))
+    assert seen == set(HELDOUT_COMBOS)
+
+
+def test_all_split_draws_from_both():
+    ds = ShapesDataset(split="all", length=400)
+    flags = {ds.attributes(i)[0]["heldout"] for i in range(len(ds))}
+    assert flags == {True, False}
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_sizes_and_displacement_bounds(size):
+    assert side_pixels("small", size) == round(0.20 * size)
+    assert side_pixels("large", size) == round(0.32 * size)
+    ds = ShapesDataset(size=size, split="all", length=400)
+    for i in range(len(ds)):
+        (a,) = ds.attributes(i)
+        dx, dy = a["displacement"]
+        assert a["side"] == side_pixels(a["size"], size)
+        if a["motion"] == "still":
+            assert (dx, dy) == (0, 0) and a["velocity"] == (0, 0)
+            continue
+        ux, uy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[a["motion"]]
+        travel = dx * ux + dy * uy
+        assert 0.30 * size <= travel <= 0.50 * size
+        assert dx * uy == 0 and dy * ux == 0  # along one axis only
+        assert a["velocity"] == pytest.approx((dx / 16, dy / 16))
+
+
+def _box_per_frame(a, frames):
+    t = np.arange(frames) / (frames - 1)
+    x = a["start"][0] + a["displacement"][0] * t
+    y = a["start"][1] + a["displacement"][1] * t
+    return x, y
+
+
+def test_object_inside_canvas_in_every_frame_including_extremes():
+    size, frames = 64, 9
+    objects = [a for i in range(200) for a in ShapesDataset(split="all", frames=frames).attributes(i)]
+    for m in MOTIONS:  # the extreme draws: corners and the longest displacement
+        for u in (0.0, 1.0):
+            for v in (0.0, 1.0):
+                extreme = make_object(
+                    colour=0, shape=1, size=1, motion=m, canvas=size, frames=frames, start=(u, v), distance=1.0
+                )
+                objects.append(extreme)
+    for a in objects:
+        x, y = _box_per_frame(a, frames)
+        assert x.min() >= -1e-9 and y.min() >= -1e-9
+        assert x.max() + a["side"] <= size + 1e-9 and y.max() + a["side"] <= size + 1e-9
+        clip = render_clip(a, size, frames)
+        fg = clip.max(axis=-1) > 0
+        for t in range(frames):
+            ys, xs = np.nonzero(fg[t])
+            # Pixels lit lie within the box (rounded outwards), so nothing was cut off.
+            assert xs.min() >= np.floor(x[t]) and xs.max() < np.ceil(x[t] + a["side"])
+            assert ys.min() >= np.floor(y[t]) and ys.max() < np.ceil(y[t] + a["side"])
+
+
+def test_square_moves_by_its_displacement_and_keeps_its_area():
+    a = make_object(colour="white", shape="square", size="large", motion="down", canvas=64, frames=17, start=(0.3, 0.2))
+    clip = render_clip(a, 64, 17).astype(np.float64)[..., 0] / PALETTE["white"][0]
+    mass = clip.sum(axis=(1, 2))
+    np.testing.assert_allclose(mass, a["side"] ** 2, atol=0.5)  # anti-aliased but area-preserving
+    ys = np.arange(64)
+    cy = (clip.sum(axis=2) * ys).sum(axis=1) / mass
+    np.testing.assert_allclose(cy[-1] - cy[0], a["displacement"][1], atol=0.1)
+
+
+def test_antialiased_edges_and_exact_palette_inside():
+    a = make_object(
+        colour="orange", shape="circle", size="large", motion="still", canvas=64, frames=1, start=(0.37, 0.61)
+    )
+    frame = render_clip(a, 64, 1)[0]
+    red = frame[..., 0]
+    assert ((red > 0) & (red < PALETTE["orange"][0])).sum() > 10  # partial-coverage edge pixels
+    cx, cy = a["start"][0] + a["side"] / 2, a["start"][1] + a["side"] / 2
+    assert tuple(frame[int(cy), int(cx)]) == PALETTE["orange"]
+
+
+def test_second_object_is_drawn_on_top():
+    first = make_object(colour="red", shape="square", size="large", motion="still", canvas=64, frames=2)
+    second = make_object(colour="blue", shape="square", size="small", motion="still", canvas=64, frames=2)
+    frame = render_clip([first, second], 64, 2)[0]
+    assert tuple(frame[32, 32]) == PALETTE["blue"]
+    assert tuple(frame[int(first["start"][1]) + 1, int(first["start"][0]) + 1]) == PALETTE["red"]
+
+
+def test_two_object_clips_render_both():
+    ds = ShapesDataset(objects=2, size=64, frames=5, length=20)
+    for i in range(len(ds)):
+        attrs = ds.attributes(i)
+        frames = render_clip(attrs, 64, 5)
+        colours = frames[frames.max(axis=-1) > 0]
+        for a in attrs[1:]:  # the top object is always fully visible
+            assert (colours == np.asarray(a["rgb"], np.uint8)).all(axis=1).any()
+
+
+def test_render_refuses_attributes_from_another_canvas():
+    a = make_object(colour=0, shape=0, size=0, motion=0, canvas=64, frames=17)
+    with pytest.raises(KinemaError, match="64-pixel canvas"):
+        render_clip(a, 128, 17)
+
+
+def test_bad_settings_raise_kinema_error():
+    with pytest.raises(KinemaError, match="split must be one of train, heldout, all"):
+        ShapesDataset(split="test")
+    with pytest.raises(KinemaError, match="objects must be 1 or 2"):
+        ShapesDataset(objects=3)
+    with pytest.raises(KinemaError, match="size"):
+        ShapesDataset(size=8)
+    with pytest.raises(KinemaError, match="colour"):
+        make_object(colour="purple", shape=0, size=0, motion=0, canvas=64, frames=17)
+    with pytest.raises(KinemaError, match=r"must lie in \[0, 1\]"):
+        make_object(colour=0, shape=0, size=0, motion=0, canvas=64, frames=17, start=(1.5, 0))
+
+
+def test_dataloader_with_two_workers():
+    ds = ShapesDataset(size=32, frames=5, length=8, objects=2)
+    batches = list(DataLoader(ds, batch_size=4, num_workers=2))
+    videos = torch.cat([b["video"] for b in batches])
+    captions = [c for b in batches for c in b["caption"]]
+    assert videos.shape == (8, 3, 5, 32, 32)
+    for i in range(8):
+        assert torch.equal(videos[i], ds[i]["video"]) and captions[i] == ds[i]["caption"]
+
+
+def test_get_dataset_resolves_names_and_refuses_others():
+    one, two = get_dataset("shapes", size=32, frames=5), get_dataset("shapes2", size=32, frames=5)
+    assert isinstance(one, ShapesDataset) and one.objects == 1 and two.objects == 2
+    assert " and " in two[0]["caption"] and " and " not in one[0]["caption"]
+    with pytest.raises(KinemaError, match="shapes, shapes2, digits"):
+        get_dataset("cifar")
+    with pytest.raises(KinemaError, match="does not take objects"):
+        get_dataset("shapes2", objects=1)
+
+
+def test_get_dataset_routes_manifests_to_folder_dataset(tmp_path):
+    folder = pytest.importorskip("kinema.data.folder")
+    import kinema.data
+
+    assert kinema.data.FolderDataset is folder.FolderDataset
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text("")
+    with pytest.raises(KinemaError):  # an empty manifest yields no sample
+        get_dataset(str(manifest))
