@@ -25,16 +25,17 @@ def _dataset(name: str, *, size: int, frames: int, split: str | None, seed: int)
     return get_dataset(name, **kwargs)
 
 
-def grid(clips: list, columns: int) -> "object":
-    """Tile uint8 clips (T, H, W, 3) of one size into one clip; missing cells stay black."""
+def grid(clips: list, columns: int, gap: int = 2) -> "object":
+    """Tile uint8 clips (T, H, W, 3) of one size into one clip, `gap` grey pixels apart."""
     import numpy as np
 
     t, h, w, _ = clips[0].shape
     rows = math.ceil(len(clips) / columns)
-    out = np.zeros((t, rows * h, columns * w, 3), dtype=np.uint8)
+    out = np.full((t, rows * (h + gap) - gap, columns * (w + gap) - gap, 3), 64, dtype=np.uint8)
     for i, clip in enumerate(clips):
         r, c = divmod(i, columns)
-        out[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = clip[:t]
+        y, x = r * (h + gap), c * (w + gap)
+        out[:, y : y + h, x : x + w] = clip[:t]
     return out
 
 
@@ -95,10 +96,10 @@ def export(
     rows = []
     for i in tqdm(range(min(n, len(ds))), desc="export", unit="clip"):
         item = ds[i]
-        name = f"{i:06d}/" if fmt == "png" else f"{i:06d}.{fmt}"
+        name = f"{i:06d}/%05d.png" if fmt == "png" else f"{i:06d}.{fmt}"
         fps = float(getattr(ds, "fps", 8.0))
         Video(to_uint8(item["video"]), fps=fps, metadata={"prompt": item["caption"]}).save(out / name)
-        rows.append({"path": name.rstrip("/"), "caption": item["caption"]})
+        rows.append({"path": name, "caption": item["caption"]})
     manifest = write_manifest(out / "manifest.jsonl", rows)
     typer.echo(f"wrote {len(rows)} clips and {manifest}")
 
