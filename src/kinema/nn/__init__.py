@@ -1,0 +1,35 @@
+"""Building blocks shared by kinema's models: attention, RoPE, embeddings, modulation, norms, causal conv."""
+
+from kinema.nn.attention import attention
+from kinema.nn.embed import TimestepEmbedder, timestep_embedding
+from kinema.nn.mlp import MLP
+from kinema.nn.modulation import AdaLNZero, Modulation, modulate, split_modulation
+from kinema.nn.norm import LayerNorm32, RMSNorm
+from kinema.nn.rope import apply_rope, axis_dims, rope_frequencies, rope_frequencies_1d
+
+__all__ = [
+    "MLP",
+    "AdaLNZero",
+    "CausalConv3d",
+    "LayerNorm32",
+    "Modulation",
+    "RMSNorm",
+    "TimestepEmbedder",
+    "apply_rope",
+    "attention",
+    "axis_dims",
+    "modulate",
+    "rope_frequencies",
+    "rope_frequencies_1d",
+    "split_modulation",
+    "timestep_embedding",
+]
+
+
+def __getattr__(name: str):
+    # The causal conv lives in the lead's conv.py; imported lazily so this package never depends on it at import.
+    if name == "CausalConv3d":
+        from kinema.nn.conv import CausalConv3d
+
+        return CausalConv3d
+    raise AttributeError(f"module 'kinema.nn' has no attribute {name!r}")

@@ -1,0 +1,56 @@
+"""AdaLN-Zero modulation with named outputs.
+
+A conditioning vector (the timestep embedding) sets, per block, a shift and a
+scale applied after a parameter-free norm, and a gate on the residual branch:
+
+    x = x + gate * branch(modulate(norm(x), shift, scale))
+
+Zero-initialised, every gate starts at 0 so each block starts as the identity.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class Modulation(NamedTuple):
+    """One residual branch's modulation; each tensor broadcasts against x, e.g. (B, 1, dim)."""
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+    gate: torch.Tensor
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x * (1 + scale) + shift."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+def split_modulation(params: torch.Tensor, num: int) -> tuple[Modulation, ...]:
+    """(B, 3 * num, dim) -> `num` Modulations of (B, 1, dim), in the order shift, scale, gate."""
+    if params.shape[-2] != 3 * num:
+        raise ValueError(f"expected {3 * num} modulation rows, got shape {tuple(params.shape)}")
+    rows = params.split(1, dim=-2)
+    return tuple(Modulation(*rows[3 * i : 3 * i + 3]) for i in range(num))
+
+
+class AdaLNZero(nn.Module):
+    """SiLU -> Linear(cond_dim, 3 * num * dim), zero-initialised: `num` (shift, scale, gate) triples.
+
+    c: (B, cond_dim) -> tuple of `num` Modulation, each tensor (B, 1, dim).
+    """
+
+    def __init__(self, cond_dim: int, dim: int, num: int = 2) -> None:
+        super().__init__()
+        self.num = num
+        self.act = nn.SiLU()
+        self.linear = nn.Linear(cond_dim, 3 * num * dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, c: torch.Tensor) -> tuple[Modulation, ...]:
+        params = self.linear(self.act(c)).unflatten(-1, (3 * self.num, -1))
+        return split_modulation(params, self.num)
