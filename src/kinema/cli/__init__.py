@@ -19,6 +19,7 @@ app = typer.Typer(
 
 from kinema.cli import data as _data  # noqa: E402,F401  (registers `kinema data ...`)
 from kinema.cli import info as _info  # noqa: E402,F401  (registers `kinema info`)
+from kinema.cli import train as _train  # noqa: E402,F401  (registers `kinema train`)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     from kinema.errors import KinemaError
 
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # returns typer.Exit's code in this mode
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except KinemaError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         sys.exit(2)

@@ -1,0 +1,485 @@
+"""The training loop: one function, `train(config, out_dir)`, for both stages, on one process or many.
+
+Read it top to bottom: check where the run starts, build the models, restore the
+newest checkpoint when resuming, then run steps until `config.steps`. A step
+loads this rank's share of a seeded global batch, accumulates gradients over
+micro-steps, skips itself if the loss or the gradient is not finite, clips,
+updates AdamW and the EMA, and logs; every so often it writes samples and a
+checkpoint. SIGINT or SIGTERM ends the run at the next step boundary with a
+checkpoint. At the end the EMA weights are exported as DIR/pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+
+from kinema import config as cfg
+from kinema.errors import KinemaError
+from kinema.train import checkpoint as ckpt
+from kinema.train import distributed
+from kinema.train.cache import LatentCache
+from kinema.train.config import TrainConfig, learned_hash, resume_conflicts
+from kinema.train.data import Items, SampleRandom, StepBatches, loader, log
+from kinema.train.distributed import World
+from kinema.train.ema import EMA
+from kinema.train.observe import Meter, Observer, peak_memory_mb
+from kinema.train.schedule import lr_at, set_lr
+from kinema.train.stages import STAGES, write_json, write_pipeline
+
+
+class Result(NamedTuple):
+    """How a run ended: the last completed step, the signal that stopped it (or None), the pipeline folder."""
+
+    step: int
+    stopped_by: int | None
+    pipeline: Path | None
+
+
+class NonFiniteError(KinemaError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+def train(
+    config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, dataset: Dataset | None = None
+) -> Result:
+    """Train `config` into `out_dir`: config.json, checkpoints/, metrics.jsonl, loss.png, samples/, pipeline/.
+
+    resume: continue from the newest complete checkpoint in out_dir/checkpoints.
+    dataset: train on this dataset of {"video": (3, T, H, W) in [-1, 1], "caption": str} instead of
+      `config.data.dataset` (it must give the same items on every rank).
+    Under torchrun every rank calls this; only rank 0 writes files.
+    """
+    world = distributed.init(config.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(config, Path(out_dir), world, resume=resume, dataset=dataset)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        distributed.shutdown(world)
+
+
+def _train(config: TrainConfig, out_dir: Path, world: World, *, resume: bool, dataset: Dataset | None) -> Result:
+    stage = STAGES[config.stage]
+    device = world.device
+    o, d = config.optim, config.data
+    checkpoints = out_dir / "checkpoints"
+
+    # ---- where the run starts ----------------------------------------------------------------------
+    start = ckpt.latest_checkpoint(checkpoints)
+    if resume and start is None:
+        raise KinemaError(f"--resume: {checkpoints} holds no complete checkpoint; start the run without --resume")
+    if not resume and start is not None:
+        raise KinemaError(
+            f"{out_dir} already holds a run (up to {start.name}); add --resume to continue it, or choose another --out"
+        )
+    state = ckpt.read_state(start) if start is not None else None
+    if state is not None:
+        changed = resume_conflicts(state["config"], config)
+        if changed:
+            raise KinemaError(
+                f"cannot resume from {start}: the config changed in {', '.join(changed)}. Only steps, log.*, "
+                "sample.*, checkpoint.every, checkpoint.keep and data.num_workers may change on resume; "
+                "restore the others or use a new --out"
+            )
+    micro_size, rest = divmod(d.batch_size, world.size * o.grad_accum)
+    if rest or micro_size == 0:
+        raise KinemaError(
+            f"data.batch_size ({d.batch_size}) must be a multiple of ranks x optim.grad_accum "
+            f"= {world.size} x {o.grad_accum}"
+        )
+    if world.is_main:
+        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", cfg.to_dict(config))
+
+    # ---- determinism and precision -------------------------------------------------------------------
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    bf16 = config.precision == "bf16"
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    # ---- models, EMA, optimizer ------------------------------------------------------------------------
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model, frozen = stage.build(config)
+    model.to(device)
+    for module in frozen.values():
+        module.to(device)
+    ema = EMA(model, o.ema_decay)
+    sharded = world.distributed and config.parallel == "fsdp"
+    # Under FSDP2 the average is sharded like the weights; rank 0 gathers it into a plain copy to sample and export.
+    ema_plain = copy.deepcopy(ema.model) if sharded and world.is_main else None
+    trained = distributed.wrap(model, world, parallel=config.parallel, bf16=bf16)
+    if sharded:
+        distributed.wrap(ema.model, world, parallel="fsdp", bf16=False)
+    optimizer = make_optimizer(model, config, device)
+    forward = torch.compile(trained) if config.compile else trained
+    seed_everything(config.seed + 1 + world.rank)  # dropout and anything else drawn from the global generators
+
+    # ---- restore ------------------------------------------------------------------------------------------
+    step, counters = 0, {"skipped_samples": 0, "nonfinite_steps": 0, "nonfinite_run": 0}
+    if state is not None:
+        distributed.load_full_state_dict(trained, ckpt.read_tensors(start, "model"))
+        distributed.load_full_state_dict(ema.model, ckpt.read_tensors(start, "ema"))
+        ema.updates = state["ema_updates"]
+        optimizer_state = ckpt.optimizer_state_dict(ckpt.read_tensors(start, "optimizer"), state["optimizer_groups"])
+        distributed.load_full_optimizer_state(trained, optimizer, optimizer_state)
+        if (start / f"rng-rank{world.rank}.safetensors").is_file():  # absent when the rank count grew
+            ckpt.set_rng_tensors(ckpt.read_tensors(start, f"rng-rank{world.rank}"))
+        step = state["step"]
+        counters = {k: state[k] for k in counters}
+
+    # ---- data ------------------------------------------------------------------------------------------------
+    if dataset is None:
+        from kinema.data import get_dataset
+
+        extra = {k: v for k, v in (("fps", d.fps), ("length", d.length)) if v is not None}
+        dataset = get_dataset(d.dataset, size=d.size, frames=d.frames, **extra)
+    n = len(dataset)  # type: ignore[arg-type]
+    if n < d.batch_size:
+        raise KinemaError(
+            f"the dataset has {n} samples, fewer than data.batch_size ({d.batch_size}); "
+            "lower the batch size or add clips"
+        )
+    steps_per_epoch = n // d.batch_size
+    plan = dict(n=n, batch_size=d.batch_size, seed=config.seed, frames=d.frames)
+    plan.update(image_ratio=d.image_ratio, image_mode=d.image_mode)
+    cache = None
+    if d.cache and config.stage == "diffusion":
+        if world.is_main:
+            LatentCache.prepare(out_dir / "cache", cache_meta(config))
+        distributed.barrier(world)
+        cache = LatentCache(out_dir / "cache", rank=world.rank)
+    items = Items(dataset, cache)
+
+    # ---- signals and observers ----------------------------------------------------------------------------
+    caught: list[int] = []
+    previous = catch_signals(caught)
+    observer = None
+    if world.is_main:
+        observer = Observer(
+            out_dir,
+            total_steps=config.steps,
+            start_step=step,
+            progress=config.log.progress,
+            tensorboard=config.log.tensorboard,
+        )
+    meter = Meter()
+
+    def save(at: int) -> None:
+        save_checkpoint(
+            checkpoints,
+            at,
+            config=config,
+            world=world,
+            model=trained,
+            ema=ema,
+            optimizer=optimizer,
+            counters=counters,
+            steps_per_epoch=steps_per_epoch,
+        )
+
+    def averaged() -> nn.Module | None:
+        """The EMA model on rank 0, whole (collective under FSDP2); None on the other ranks."""
+        if not sharded:
+            return ema.model if world.is_main else None
+        weights = distributed.full_state_dict(ema.model)
+        if ema_plain is not None:
+            ema_plain.load_state_dict(weights)
+        return ema_plain
+
+    def preview(at: int) -> None:
+        model_to_sample = averaged()
+        if model_to_sample is not None:
+            with autocast():
+                stage.preview(model_to_sample, frozen, config, dataset, out_dir / "samples" / f"step-{at:06d}")
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+    stopped_by = None
+    try:
+        while step < config.steps and stopped_by is None:
+            # one DataLoader per epoch (the cache's index is re-read between epochs)
+            epoch_end = min(config.steps, (step // steps_per_epoch + 1) * steps_per_epoch)
+            if cache is not None:
+                cache.flush()
+                distributed.barrier(world)
+                cache.refresh()
+            sampler = StepBatches(step, epoch_end, rank=world.rank, world=world.size, accum=o.grad_accum, **plan)
+            batches = iter(loader(items, sampler, num_workers=d.num_workers, pin_memory=device.type == "cuda"))
+
+            while step < epoch_end and stopped_by is None:
+                lr = lr_at(
+                    step,
+                    lr=o.lr,
+                    warmup_steps=o.warmup_steps,
+                    total_steps=config.steps,
+                    schedule=o.schedule,
+                    min_lr_ratio=o.min_lr_ratio,
+                )
+                set_lr(optimizer, lr)
+                losses: dict[str, torch.Tensor] = {}
+                samples = 0
+                for micro in range(o.grad_accum):
+                    batch = next(batches)
+                    for error in batch["errors"]:
+                        log.warning("step %d, rank %d: skipped an unreadable sample (%s)", step, world.rank, error)
+                    groups = []
+                    for group in batch["groups"]:
+                        group = to_device(group, device)
+                        encoded = "video" in group
+                        with autocast():
+                            group = stage.prepare(frozen, group, config)
+                        if cache is not None and encoded:
+                            text = group.get("text"), group.get("text_mask")
+                            cache.add(group["key"], group["caption"], group["latents"], *text)
+                        groups.append(group)
+                    if not groups:
+                        raise KinemaError(
+                            f"step {step}: every sample of rank {world.rank}'s micro-batch was unreadable; "
+                            "check the dataset"
+                        )
+                    # Every rank runs as many passes as the busiest one (the extra ones weigh 0), so that DDP's
+                    # and FSDP's collectives pair up across ranks.
+                    passes, errors = counts_over_ranks(world, len(groups), len(batch["errors"]))
+                    counters["skipped_samples"] += errors
+                    for k in range(passes):
+                        group = groups[min(k, len(groups) - 1)]
+                        weight = len(group["key"]) / (micro_size * o.grad_accum) if k < len(groups) else 0.0
+                        last = micro == o.grad_accum - 1 and k == passes - 1
+                        with contextlib.nullcontext() if last else no_sync(trained):
+                            with autocast():
+                                rand = SampleRandom(config.seed, group["position"], device)
+                                out = stage.step(forward, frozen, group, rand, config)
+                            (out["loss"] * weight).backward()
+                        for key, value in out.items():
+                            losses[key] = losses.get(key, 0.0) + value.detach().float() * weight
+                        samples += len(group["key"]) if k < len(groups) else 0
+
+                # a non-finite loss or gradient skips the step; max_nonfinite of them in a row stop the run
+                grad_norm = clip_grad_norm(trained, o.grad_clip)
+                bad = not (torch.isfinite(losses["loss"]) and torch.isfinite(grad_norm))
+                finite = not distributed.any_true(world, bad)
+                if finite:
+                    optimizer.step()
+                    ema.update(distributed.unwrap(trained))
+                    counters["nonfinite_run"] = 0
+                else:
+                    counters["nonfinite_steps"] += 1
+                    counters["nonfinite_run"] += 1
+                    if observer:
+                        observer.message(
+                            f"step {step}: non-finite loss or gradient (loss {losses['loss'].item()}, "
+                            f"grad norm {grad_norm.item()}); step skipped"
+                        )
+                    if counters["nonfinite_run"] >= o.max_nonfinite:
+                        raise NonFiniteError(
+                            f"step {step}: {counters['nonfinite_run']} steps in a row had a non-finite loss or "
+                            "gradient, so the run stops. Resume from the last checkpoint with a lower optim.lr, "
+                            "optim.grad_clip > 0, or precision=fp32"
+                        )
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+
+                # observe
+                meter.add({k: v.item() for k, v in losses.items()} if finite else None, samples * world.size)
+                if observer:
+                    observer.progress(losses["loss"].item(), meter.samples_per_s())
+                if step % config.log.every == 0 or step == config.steps:
+                    row = {"step": step, **mean_over_ranks(world, meter.read())}
+                    row.update(lr=lr, grad_norm=grad_norm.item(), peak_memory_mb=peak_memory_mb(device), **counters)
+                    if observer:
+                        observer.write(row)
+                        if step % config.log.plot_every == 0 or step == config.steps:
+                            observer.plot()
+                if caught or world.distributed:
+                    stopped_by = signal_on_any_rank(world, caught)
+                if config.sample.every and step % config.sample.every == 0:
+                    preview(step)
+                if step % config.checkpoint.every == 0 or step == config.steps or stopped_by is not None:
+                    save(step)
+            del batches
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if cache is not None:
+            cache.flush()
+        if observer:
+            observer.close()
+
+    if stopped_by is not None:
+        if world.is_main:
+            name = signal.Signals(stopped_by).name
+            print(f"stopped by {name} after step {step}; checkpoint saved, continue with --resume", flush=True)
+        return Result(step, stopped_by, None)
+    if config.sample.every and step % config.sample.every:
+        preview(step)
+    final = averaged()
+    pipeline = write_pipeline(stage, final.eval(), frozen, config, out_dir) if final is not None else None
+    distributed.barrier(world)
+    return Result(step, None, pipeline)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and kernels only: norms, biases and other 1-D parameters get none."""
+    o = config.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    kind = o.implementation
+    if kind == "auto":
+        kind = "fused" if device.type in ("cpu", "cuda") else "foreach"
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[kind]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **kernel)
+
+
+def to_device(group: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in group.items()}
+
+
+@contextlib.contextmanager
+def no_sync(model: nn.Module):
+    """Accumulate gradients locally: DDP skips its all-reduce, FSDP2 defers its reduce-scatter."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def counts_over_ranks(world: World, groups: int, errors: int) -> tuple[int, int]:
+    """(the most groups any rank has, the unreadable samples of all ranks) for one micro-step."""
+    if not world.distributed:
+        return groups, errors
+    t = torch.tensor([groups, -errors], device=world.device)
+    every = [torch.empty_like(t) for _ in range(world.size)]
+    dist.all_gather(every, t)
+    every = torch.stack(every)
+    return int(every[:, 0].max()), int(-every[:, 1].sum())
+
+
+def catch_signals(caught: list[int]) -> dict[int, Any]:
+    """Note SIGINT / SIGTERM in `caught` (the loop stops at the next step boundary); a second one aborts at once.
+
+    Returns the previous handlers (empty off the main thread, where Python cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if caught:  # asked twice: stop now, without a checkpoint
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def mean_over_ranks(world: World, row: dict[str, float]) -> dict[str, float]:
+    """The means of a metrics row's values over ranks (throughputs are summed)."""
+    if not world.distributed:
+        return row
+    keys = sorted(row)
+    t = torch.tensor([row[k] for k in keys], dtype=torch.float64, device=world.device)
+    dist.all_reduce(t)
+    summed = ("samples_per_s",)
+    return {k: v if k in summed else v / world.size for k, v in zip(keys, t.tolist())}
+
+
+def signal_on_any_rank(world: World, caught: list[int]) -> int | None:
+    """The signal that stops the run, if any rank caught one (SIGTERM when another rank did)."""
+    here = caught[0] if caught else None
+    if not world.distributed:
+        return here
+    if distributed.any_true(world, here is not None):
+        return here or signal.SIGTERM
+    return None
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """The global gradient norm (clipping to max_norm when > 0); inf or nan when a gradient is not finite."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+        norm = norm.full_tensor()
+    return norm.detach().float().cpu()
+
+
+def cache_meta(config: TrainConfig) -> dict[str, Any]:
+    """What cached latents and embeddings depend on; a cache made under anything else is cleared."""
+    from kinema.models.checkpoint import weights_hash
+
+    d = config.diffusion
+    return {
+        "vae": weights_hash(Path(d.vae_path) / "vae.safetensors"),
+        "data": {k: v for k, v in cfg.to_dict(config.data).items() if k not in ("batch_size", "num_workers", "cache")},
+        "text": None if d.train_text_encoder else [d.text_encoder, cfg.to_dict(d.text) if d.text else None],
+        "precision": config.precision,
+    }
+
+
+def save_checkpoint(
+    checkpoints: Path,
+    step: int,
+    *,
+    config: TrainConfig,
+    world: World,
+    model: nn.Module,
+    ema: EMA,
+    optimizer: torch.optim.Optimizer,
+    counters: dict[str, int],
+    steps_per_epoch: int,
+) -> None:
+    """Gather what continuing bit for bit needs and let rank 0 write it (collective: every rank calls)."""
+    weights = distributed.full_state_dict(model)
+    ema_weights = distributed.full_state_dict(ema.model)
+    optimizer_state = distributed.full_optimizer_state(model, optimizer)  # whole on rank 0 only under FSDP2
+    rngs = distributed.all_gather_object(world, ckpt.rng_tensors())
+    if world.is_main:
+        optimizer_tensors, optimizer_groups = ckpt.optimizer_tensors(optimizer_state)
+        tensors = {"model": weights, "ema": ema_weights, "optimizer": optimizer_tensors}
+        tensors.update({f"rng-rank{rank}": rng for rank, rng in enumerate(rngs)})
+        epoch, batch = divmod(step, steps_per_epoch)
+        state = {
+            "config": cfg.to_dict(config),
+            "config_hash": learned_hash(config),
+            "ema_updates": ema.updates,
+            "optimizer_groups": optimizer_groups,
+            "lr_schedule": {"schedule": config.optim.schedule, "next_step": step, "total_steps": config.steps},
+            "data_position": {"epoch": epoch, "batch": batch, "steps_per_epoch": steps_per_epoch},
+            "world_size": world.size,
+            **counters,
+        }
+        ckpt.save_checkpoint(checkpoints, step, tensors, state, keep=config.checkpoint.keep)
+    distributed.barrier(world)

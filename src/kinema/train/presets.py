@@ -1,0 +1,192 @@
+"""Named training recipes, each a function returning a TrainConfig.
+
+    shapes-vae       the shapes VAE: 64x64x17 clips -> latents (8, 5, 16, 16)
+    shapes-dit       a DiT on the shapes VAE's latents, built-in text encoder trained with it
+    shapes-unet3d    the same with a factorized 3D U-Net
+    *-debug          tiny versions (32x32x5 clips, tiny models, a few steps) for tests and smoke runs
+
+The diffusion recipes read the VAE from `runs/shapes-vae/pipeline` (the debug ones from
+`runs/shapes-vae-debug/pipeline`): train the VAE first, or point them elsewhere with
+`--set diffusion.vae_path=DIR/pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from kinema.diffusion.conditioning import ConditioningMix
+from kinema.diffusion.processes import FlowMatching
+from kinema.errors import KinemaError
+from kinema.models.dit import dit_small, dit_tiny
+from kinema.models.text import text_small, text_tiny
+from kinema.models.unet3d import unet_shapes, unet_tiny
+from kinema.models.vae import vae_shapes, vae_tiny
+from kinema.models.vae_loss import VAELossConfig
+from kinema.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    DiffusionConfig,
+    LogConfig,
+    OptimConfig,
+    SampleConfig,
+    TrainConfig,
+)
+
+SHAPES_PROMPTS = (
+    "a small red circle moving right",
+    "a large blue square moving up",
+    "a small yellow triangle moving left",
+    "a large green circle staying still",
+)
+
+
+def shapes_vae() -> TrainConfig:
+    """The shapes VAE (~1.5M parameters), 4x spatial and 4x temporal compression, 8 latent channels.
+
+    One image (a single frame) per ten samples teaches the first-frame path that image-to-video uses.
+    """
+    return TrainConfig(
+        stage="vae",
+        steps=6000,
+        vae=vae_shapes(),
+        vae_loss=VAELossConfig(),
+        optim=OptimConfig(lr=3e-4, warmup_steps=200, ema_decay=0.999),
+        data=DataConfig(dataset="shapes", size=64, frames=17, batch_size=8, num_workers=1, image_ratio=0.1),
+        checkpoint=CheckpointConfig(every=500, keep=3),
+        sample=SampleConfig(every=500, count=2),
+    )
+
+
+def _shapes_diffusion(**denoiser) -> TrainConfig:
+    return TrainConfig(
+        stage="diffusion",
+        steps=20000,
+        **denoiser,
+        diffusion=DiffusionConfig(
+            vae_path="runs/shapes-vae/pipeline",
+            flow=FlowMatching(shift=2.0),
+            conditioning=ConditioningMix(),
+            text_encoder="builtin",
+            text=text_small(),
+            text_dropout=0.1,
+        ),
+        optim=OptimConfig(lr=3e-4, warmup_steps=500, ema_decay=0.999),
+        data=DataConfig(
+            dataset="shapes", size=64, frames=17, batch_size=16, num_workers=1, image_ratio=0.1, cache=True
+        ),
+        checkpoint=CheckpointConfig(every=1000, keep=3),
+        sample=SampleConfig(every=1000, prompts=SHAPES_PROMPTS, steps=30, guidance=4.0),
+    )
+
+
+def shapes_dit() -> TrainConfig:
+    """A ~9M-parameter DiT (320 tokens per clip) with a ~3M-parameter built-in text encoder, flow matching."""
+    return _shapes_diffusion(dit=dit_small(latent_channels=8, text_dim=256))
+
+
+def shapes_unet3d() -> TrainConfig:
+    """A ~11M-parameter factorized 3D U-Net with the built-in text encoder, flow matching."""
+    return _shapes_diffusion(unet=unet_shapes(latent_channels=8, text_dim=256))
+
+
+def _debug(**fields) -> dict:
+    return dict(
+        steps=4,
+        precision="fp32",
+        optim=OptimConfig(lr=1e-3, warmup_steps=1, ema_decay=0.9),
+        data=DataConfig(dataset="shapes", size=32, frames=5, length=16, batch_size=2),
+        checkpoint=CheckpointConfig(every=2, keep=2),
+        log=LogConfig(every=1, plot_every=2, progress=False, tensorboard=False),
+        **fields,
+    )
+
+
+def shapes_vae_debug() -> TrainConfig:
+    """A ~0.1M-parameter VAE on 32x32x5 clips for 4 steps."""
+    return TrainConfig(
+        stage="vae", vae=vae_tiny(), vae_loss=VAELossConfig(), **_debug(sample=SampleConfig(every=4, count=1))
+    )
+
+
+def _diffusion_debug(**denoiser) -> TrainConfig:
+    return TrainConfig(
+        stage="diffusion",
+        **denoiser,
+        diffusion=DiffusionConfig(vae_path="runs/shapes-vae-debug/pipeline", flow=FlowMatching(), text=text_tiny()),
+        **_debug(sample=SampleConfig(every=4, prompts=SHAPES_PROMPTS[:1], steps=2, guidance=2.0)),
+    )
+
+
+def shapes_dit_debug() -> TrainConfig:
+    """A tiny DiT and text encoder on the debug VAE's latents (4, 2, 8, 8) for 4 steps."""
+    return _diffusion_debug(dit=dit_tiny(latent_channels=4, text_dim=32))
+
+
+def shapes_unet3d_debug() -> TrainConfig:
+    """A tiny 3D U-Net and text encoder on the debug VAE's latents for 4 steps."""
+    return _diffusion_debug(unet=unet_tiny(latent_channels=4, text_dim=32))
+
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {
+    "shapes-vae": shapes_vae,
+    "shapes-dit": shapes_dit,
+    "shapes-unet3d": shapes_unet3d,
+    "shapes-vae-debug": shapes_vae_debug,
+    "shapes-dit-debug": shapes_dit_debug,
+    "shapes-unet3d-debug": shapes_unet3d_debug,
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise KinemaError(
+            f"unknown training preset {name!r}; presets: {', '.join(PRESETS)} (or give a .toml or .json config file)"
+        )
+    return PRESETS[name]()
+
+
+def load_config(source: str, overrides: dict[str, object] | None = None) -> TrainConfig:
+    """A preset name, or a .toml / .json config file, then `overrides` by dotted name.
+
+    A file gives a whole config (fields it leaves out keep their defaults), or names a base
+    with `preset = "shapes-dit"` and sets only what differs, in tables: `[optim]` / `lr = 1e-4`.
+    A run's DIR/config.json is such a file.
+    """
+    from kinema import config as cfg
+    from kinema.train.config import build, override
+
+    path = Path(source)
+    if source in PRESETS or path.suffix not in (".toml", ".json"):
+        config = preset(source)
+    else:
+        data = _read_config_file(path)
+        base = data.pop("preset", None)
+        if base is not None:
+            data = _merge(cfg.to_dict(preset(str(base))), data)
+        config = build(data)
+    return override(config, dict(overrides or {}))
+
+
+def _read_config_file(path: Path) -> dict:
+    if not path.is_file():
+        raise KinemaError(f"{path}: no such config file")
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        import tomllib
+
+        return tomllib.loads(path.read_text())
+    except ImportError:
+        raise KinemaError("TOML configs need Python 3.11+ (tomllib); use a .json config instead") from None
+    except ValueError as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise KinemaError(f"{path}: cannot parse the config ({e})") from None
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    """`changes` laid over `base`, tables merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,319 @@
+"""The two stages of training, each a handful of functions the loop calls.
+
+    vae:        trained = the VideoVAE; loss = reconstruction + KL (+ temporal difference)
+    diffusion:  trained = the denoiser (and the built-in text encoder when it trains too);
+                frozen  = the VAE (and a frozen text encoder); loss = weighted MSE to the process's target
+                over the latent positions the conditioning timeline did not give
+
+A `Stage` is five functions: `build` the modules, `prepare` a group without
+gradients (the diffusion stage encodes clips to latents there, before the cache),
+`step` (a group -> its losses, "loss" being the one trained), `preview` (sample
+clips written to disk) and `export` (the pipeline directory).
+`STAGES[config.stage]` picks one, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from kinema import config as cfg
+from kinema.errors import KinemaError
+from kinema.models.checkpoint import load_model, save_model
+from kinema.train.config import TrainConfig
+from kinema.train.data import SampleRandom
+from kinema.train.observe import side_by_side, write_clip
+
+Group = dict[str, Any]
+"""Samples of one kind and shape: "video" (b, 3, T, H, W) or "latents", "caption", "key", "position"."""
+Frozen = dict[str, nn.Module]
+
+
+class Stage(NamedTuple):
+    build: Callable[[TrainConfig], tuple[nn.Module, Frozen]]
+    """config -> (the trained module, the frozen modules by name), on the CPU, weights from torch's global RNG."""
+    prepare: Callable[[Frozen, Group, TrainConfig], Group]
+    """A group's inputs turned into what `step` needs, without gradients."""
+    step: Callable[[nn.Module, Frozen, Group, SampleRandom, TrainConfig], dict[str, torch.Tensor]]
+    """The losses of one group; "loss" is the one trained."""
+    preview: Callable[[nn.Module, Frozen, TrainConfig, Any, Path], None]
+    """Write sample clips of the (EMA) trained module next to a path prefix (given the dataset)."""
+    export: Callable[[nn.Module, Frozen, TrainConfig, Path], None]
+    """Write the pipeline directory's models and pipeline.json from the (EMA) trained module."""
+
+
+# ---------------------------------------------------------------------------------------------- vae
+
+
+def build_vae(config: TrainConfig) -> tuple[nn.Module, Frozen]:
+    from kinema.models.vae import VideoVAE
+
+    return VideoVAE(config.vae), {}
+
+
+def prepare_vae(frozen: Frozen, group: Group, config: TrainConfig) -> Group:
+    return group
+
+
+def vae_step(
+    model: nn.Module, frozen: Frozen, group: Group, rand: SampleRandom, config: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """Reconstruction + KL of clips x: (b, 3, T, H, W), the decoder seeing a posterior sample."""
+    from kinema.models.vae_loss import vae_loss
+
+    x = group["video"]
+    recon, mean, logvar = model(x, generator=rand.group_generator())
+    return vae_loss(x, recon, mean, logvar, weights=config.vae_loss)
+
+
+@torch.no_grad()
+def preview_vae(model: nn.Module, frozen: Frozen, config: TrainConfig, dataset: Any, prefix: Path) -> None:
+    """Original | reconstruction of the dataset's first `sample.count` clips: prefix-k.gif."""
+    device = next(model.parameters()).device
+    for k in range(min(config.sample.count, len(dataset))):
+        x = dataset[k]["video"][None].to(device)
+        recon = model.decode(model.encode(x)).float()
+        write_clip(
+            side_by_side([x[0].cpu(), recon[0].cpu()]),
+            prefix.with_name(f"{prefix.name}-{k}.gif"),
+            fps=config.sample.fps,
+        )
+
+
+def export_vae(model: nn.Module, frozen: Frozen, config: TrainConfig, directory: Path) -> None:
+    save_model(model, directory, "vae")
+    write_json(directory / "pipeline.json", {"kind": "vae", "vae": "vae", "video": video_settings(config)})
+
+
+# ---------------------------------------------------------------------------------------------- diffusion
+
+
+class DiffusionModel(nn.Module):
+    """What the diffusion stage trains: the denoiser, plus the built-in text encoder when it trains jointly.
+
+    forward(x (B, C_in, T, H, W), timestep (B,), context, context_mask (B, L) bool) -> (B, C_out, T, H, W).
+    context is a frozen encoder's tokens (B, L, text_dim) or, when this module holds the text encoder, the
+    byte ids (B, L) long that it encodes first (so DDP sees one forward for both).
+    """
+
+    def __init__(self, denoiser: nn.Module, text_encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.text_encoder = text_encoder
+
+    def forward(
+        self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
+    ) -> torch.Tensor:
+        if self.text_encoder is not None:
+            context = self.text_encoder(context, context_mask)
+        return self.denoiser(x, timestep, context, context_mask)
+
+
+def load_frozen_vae(path: str) -> nn.Module:
+    directory = Path(path)
+    if not (directory / "vae.json").is_file():
+        raise KinemaError(
+            f"diffusion.vae_path: no vae.json in {directory}; point it at a trained VAE, e.g. the DIR/pipeline "
+            "of a `kinema train shapes-vae` run"
+        )
+    return load_model(directory, "vae").eval().requires_grad_(False)
+
+
+def build_diffusion(config: TrainConfig) -> tuple[nn.Module, Frozen]:
+    from kinema.diffusion import num_channels
+    from kinema.models.dit import DiT
+    from kinema.models.text import TextEncoder, load_text_encoder
+    from kinema.models.unet3d import UNet3D
+
+    d = config.diffusion
+    vae = load_frozen_vae(d.vae_path)
+    text = TextEncoder(d.text) if d.text_encoder == "builtin" else load_text_encoder(d.text_encoder)
+    denoiser = DiT(config.dit) if config.dit is not None else UNet3D(config.unet)
+    latent = vae.config.latent_channels
+    name = "dit" if config.dit is not None else "unet"
+    expect = {"in_channels": latent + num_channels(latent), "out_channels": latent, "text_dim": text.dim}
+    wrong = {k: v for k, v in expect.items() if getattr(denoiser.config, k) != v}
+    if wrong:
+        have = ", ".join(f"{k}={getattr(denoiser.config, k)}" for k in wrong)
+        fix = " ".join(f"--set {name}.{k}={v}" for k, v in wrong.items())
+        raise KinemaError(
+            f"{name} does not fit the VAE ({latent} latent channels) and text encoder (dim {text.dim}): {have}; "
+            f"use {fix}"
+        )
+    # a KinemaError naming the valid frame counts if the clips do not fit the VAE
+    vae.latent_shape((1, 3, config.data.frames, config.data.size, config.data.size))
+    if d.train_text_encoder:
+        return DiffusionModel(denoiser, text), {"vae": vae}
+    return DiffusionModel(denoiser), {"vae": vae, "text_encoder": text.eval().requires_grad_(False)}
+
+
+@torch.no_grad()
+def prepare_diffusion(frozen: Frozen, group: Group, config: TrainConfig) -> Group:
+    """Clips -> latents with the frozen VAE (posterior mean); captions -> tokens when the text encoder is frozen."""
+    group = dict(group)
+    if "latents" not in group:
+        group["latents"] = frozen["vae"].encode(group.pop("video")).float()
+    if "text_encoder" in frozen and "text" not in group:
+        group["text"], group["text_mask"] = frozen["text_encoder"].encode(group["caption"])
+    return group
+
+
+def diffusion_step(
+    model: nn.Module, frozen: Frozen, group: Group, rand: SampleRandom, config: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """Weighted MSE between the network's output and the process's target over the latent positions the
+    sampled conditioning leaves unknown; known positions are shown clean and carry no loss."""
+    from kinema.diffusion import Conditioning, channels, paste_known, sample_conditioning
+
+    d = config.diffusion
+    process = d.process
+    x0 = group["latents"]  # (b, c, t, h, w)
+    sigma = torch.cat([process.sample_training_sigmas(1, generator=g, device=x0.device) for g in rand.generators])
+    eps = rand.randn(*x0.shape[1:]).to(x0.device)
+    conds = [sample_conditioning(x0[i : i + 1], d.conditioning, generator=g) for i, g in enumerate(rand.generators)]
+    cond = Conditioning(latents=torch.cat([c.latents for c in conds]), mask=torch.cat([c.mask for c in conds]))
+    drop = (rand.rand(1)[:, 0] < d.text_dropout).tolist()
+
+    x_t = paste_known(process.add_noise(x0, eps, sigma), cond)
+    context, context_mask = text_inputs(model, frozen, group, drop)
+    out = model(torch.cat([x_t, channels(cond)], 1), process.timestep(sigma).float(), context, context_mask)
+    unknown = (1 - cond.mask).expand_as(x0)
+    err = (out.float() - process.target(x0, eps, sigma).float()) ** 2 * unknown
+    per_sample = err.flatten(1).sum(1) / unknown.flatten(1).sum(1).clamp_min(1.0)
+    return {"loss": (process.loss_weight(sigma).float() * per_sample).mean(), "mse": per_sample.mean().detach()}
+
+
+def text_inputs(model: nn.Module, frozen: Frozen, group: Group, drop: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context, context_mask) for the model: byte ids when it trains its text encoder, else frozen tokens.
+
+    Samples with drop[i] get the empty caption "" (the unconditional input of classifier-free guidance).
+    """
+    from kinema.models.text import pad_tokens
+
+    inner = getattr(model, "module", model)
+    device = group["latents"].device
+    if inner.text_encoder is not None:
+        ids, mask = inner.text_encoder.tokenizer(["" if dropped else c for c, dropped in zip(group["caption"], drop)])
+        return ids.to(device), mask.to(device)
+    tokens, mask = group["text"], group["text_mask"]
+    if any(drop):
+        empty, empty_mask = frozen["text_encoder"].encode([""])
+        length = max(tokens.shape[1], empty.shape[1])
+        tokens, mask = pad_tokens(tokens, mask, length)
+        empty, empty_mask = pad_tokens(empty.to(device, tokens.dtype), empty_mask.to(device), length)
+        rows = torch.tensor(drop, device=device)
+        tokens = torch.where(rows[:, None, None], empty, tokens)
+        mask = torch.where(rows[:, None], empty_mask, mask)
+    return tokens, mask
+
+
+@torch.no_grad()
+def generate(
+    model: DiffusionModel, frozen: Frozen, config: TrainConfig, prompts: list[str], seeds: list[int]
+) -> torch.Tensor:
+    """Text-to-video clips (n, 3, T, H, W) from the (EMA) model: guided sampling of latents, then VAE decode."""
+    from kinema.diffusion import channels, guided, model_to_denoiser, sample, text_to_video
+    from kinema.models.text import pad_tokens
+
+    s, process, vae = config.sample, config.diffusion.process, frozen["vae"]
+    device = next(model.parameters()).device
+    text = model.text_encoder if model.text_encoder is not None else frozen["text_encoder"]
+    tokens, mask = text.encode(prompts)
+    empty, empty_mask = text.encode([""] * len(prompts))
+    length = max(tokens.shape[1], empty.shape[1])
+    tokens, mask = pad_tokens(tokens, mask, length)
+    empty, empty_mask = pad_tokens(empty, empty_mask, length)
+    shape = vae.latent_shape((1, 3, config.data.frames, config.data.size, config.data.size))[1:]
+    noise = torch.stack([process.prior(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds]).to(
+        device
+    )
+    cond = text_to_video(tuple(noise.shape), device=device)
+    denoise = guided(
+        model_to_denoiser(model.denoiser, process),
+        {"context": tokens, "context_mask": mask, "cond_channels": channels(cond)},
+        {"context": empty, "context_mask": empty_mask},
+        s.guidance,
+    )
+    latents = sample(
+        denoise,
+        noise,
+        process.sigmas(s.steps),
+        process=process,
+        method=s.method,
+        generator=torch.Generator(device).manual_seed(s.seed),
+    )
+    return vae.decode(latents).float()
+
+
+def preview_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, dataset: Any, prefix: Path) -> None:
+    """The configured prompts, each from its fixed seed (sample.seed + i), side by side: prefix.gif."""
+    s = config.sample
+    clips = generate(model, frozen, config, list(s.prompts), [s.seed + i for i in range(len(s.prompts))])
+    write_clip(side_by_side(list(clips.cpu())), prefix.with_name(f"{prefix.name}.gif"), fps=s.fps)
+
+
+def export_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, directory: Path) -> None:
+    """The denoiser, the built-in text encoder (or the hf: path), the VAE (copied), process and sampling defaults."""
+    from kinema.diffusion import process_to_dict
+
+    d, s = config.diffusion, config.sample
+    save_model(model.denoiser, directory, "denoiser")
+    if d.text_encoder == "builtin":
+        save_model(
+            model.text_encoder if model.text_encoder is not None else frozen["text_encoder"], directory, "text_encoder"
+        )
+    save_model(frozen["vae"], directory, "vae")
+    write_json(
+        directory / "pipeline.json",
+        {
+            "kind": "diffusion",
+            "denoiser": "denoiser",
+            "vae": "vae",
+            "text_encoder": "text_encoder" if d.text_encoder == "builtin" else d.text_encoder,
+            "process": process_to_dict(d.process),
+            "sampling": {"method": s.method, "steps": s.steps, "guidance": s.guidance, "prompts": list(s.prompts)},
+            "video": video_settings(config),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------- shared
+
+
+def video_settings(config: TrainConfig) -> dict[str, Any]:
+    return {"frames": config.data.frames, "size": config.data.size, "fps": config.sample.fps}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """JSON written atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def write_pipeline(stage: Stage, model: nn.Module, frozen: Frozen, config: TrainConfig, out_dir: Path) -> Path:
+    """Export into DIR/pipeline atomically (built in a temporary folder, then renamed), with the run's config."""
+    final = out_dir / "pipeline"
+    tmp = out_dir / f".pipeline.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stage.export(model, frozen, config, tmp)
+    write_json(tmp / "train_config.json", cfg.to_dict(config))
+    if final.exists():
+        old = out_dir / f".pipeline.old-{os.getpid()}"
+        os.replace(final, old)
+        shutil.rmtree(old)
+    os.replace(tmp, final)
+    return final
+
+
+STAGES: dict[str, Stage] = {
+    "vae": Stage(build_vae, prepare_vae, vae_step, preview_vae, export_vae),
+    "diffusion": Stage(build_diffusion, prepare_diffusion, diffusion_step, preview_diffusion, export_diffusion),
+}
