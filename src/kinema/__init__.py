@@ -20,6 +20,7 @@ _EXPORTS = {
     "read_video": "kinema.video",
     "write_video": "kinema.video",
     "KinemaError": "kinema.errors",
+    "Pipeline": "kinema.pipelines",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -19,6 +19,8 @@ app = typer.Typer(
 
 from kinema.cli import data as _data  # noqa: E402,F401  (registers `kinema data ...`)
 from kinema.cli import info as _info  # noqa: E402,F401  (registers `kinema info`)
+from kinema.cli import generate as _generate  # noqa: E402,F401  (registers `kinema generate`)
+from kinema.cli import eval as _eval  # noqa: E402,F401  (registers `kinema eval ...`)
 from kinema.cli import train as _train  # noqa: E402,F401  (registers `kinema train`)
 
 

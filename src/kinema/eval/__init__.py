@@ -1,5 +1,42 @@
 """Evaluation: metrics, and probes that check generated clips against their prompts.
 
-`kinema.eval.shapes_probe` measures colour, shape, size and motion in a clip of
-the `shapes` dataset (SHAPES.md, "The probe"). Import submodules directly.
+Modules:
+- `shapes_probe`: colour, shape, size and motion measured in a `shapes` clip (SHAPES.md, "The probe");
+- `digits`: the digits probe (a small shipped MNIST classifier reading each frame) and its evaluation;
+- `metrics`: PSNR, SSIM, temporal flicker, Wilson intervals, a VAE's reconstruction evaluation;
+- `fvd`: Fréchet distance with a pluggable feature network (a local I3D, or kinema's non-standard one);
+- `shapes_eval`: `kinema eval shapes` (tasks as data, reference rows, the within-frame denoiser);
+- `report`: JSON, Markdown and contact-sheet writers.
+
+The names below are imported on first use, so `import kinema.eval` stays cheap.
 """
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "probe": "shapes_probe",
+    "score": "shapes_probe",
+    "parse_caption": "shapes_probe",
+    "psnr": "metrics",
+    "ssim": "metrics",
+    "flicker": "metrics",
+    "wilson_interval": "metrics",
+    "evaluate_vae": "metrics",
+    "frechet_distance": "fvd",
+    "feature_extractor": "fvd",
+    "score_digits": "digits",
+    "evaluate_digits": "digits",
+    "evaluate_shapes": "shapes_eval",
+    "GenerationSettings": "shapes_eval",
+    "TASKS": "shapes_eval",
+    "write_report": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"kinema.eval.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'kinema.eval' has no attribute {name!r}")

@@ -101,6 +101,14 @@ def load_model(directory: str | os.PathLike, name: str = "model", *, device: str
         state = load_file(str(weights), device=str(device))
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
         raise KinemaError(f"{weights}: cannot read the weights ({e}); the file is damaged or not safetensors") from None
+    expected = model.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise KinemaError(
+            f"{weights}: weights do not match the config in {meta_path.name}: "
+            f"{len(wrong)} tensor(s) of the wrong shape, e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} "
+            f"where the config builds {tuple(expected[wrong[0]].shape)}"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KinemaError(

@@ -259,28 +259,28 @@ def preview_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, dat
 
 
 def export_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, directory: Path) -> None:
-    """The denoiser, the built-in text encoder (or the hf: path), the VAE (copied), process and sampling defaults."""
-    from kinema.diffusion import process_to_dict
+    """The EMA denoiser, the text encoder, the frozen VAE, the process and sampling defaults, as a `Pipeline`."""
+    from kinema.pipelines.pipeline import Pipeline, SamplingSettings
 
-    d, s = config.diffusion, config.sample
-    save_model(model.denoiser, directory, "denoiser")
-    if d.text_encoder == "builtin":
-        save_model(
-            model.text_encoder if model.text_encoder is not None else frozen["text_encoder"], directory, "text_encoder"
-        )
-    save_model(frozen["vae"], directory, "vae")
-    write_json(
-        directory / "pipeline.json",
-        {
-            "kind": "diffusion",
-            "denoiser": "denoiser",
-            "vae": "vae",
-            "text_encoder": "text_encoder" if d.text_encoder == "builtin" else d.text_encoder,
-            "process": process_to_dict(d.process),
-            "sampling": {"method": s.method, "steps": s.steps, "guidance": s.guidance, "prompts": list(s.prompts)},
-            "video": video_settings(config),
-        },
+    s = config.sample
+    text = model.text_encoder if model.text_encoder is not None else frozen["text_encoder"]
+    settings = SamplingSettings(
+        sampler=s.method,
+        steps=s.steps,
+        guidance=s.guidance,
+        num_frames=config.data.frames,
+        height=config.data.size,
+        width=config.data.size,
+        fps=s.fps,
     )
+    Pipeline(
+        vae=frozen["vae"],
+        denoiser=model.denoiser,
+        text_encoder=text,
+        process=config.diffusion.process,
+        settings=settings,
+        provenance={"train_config": cfg.to_dict(config)},
+    ).save(directory)
 
 
 # ---------------------------------------------------------------------------------------------- shared

@@ -1,0 +1,186 @@
+"""`kinema eval ...`: measure a model (shapes, digits, VAE reconstructions) and train the small eval networks.
+
+    kinema eval shapes --model PIPELINE [--n 64] [--split heldout] [--task t2v|i2v|extend] [--out report.json]
+    kinema eval digits --model PIPELINE [--n 32] [--out digits.json]
+    kinema eval vae --model VAE_OR_PIPELINE --data shapes [--n 32] [--out vae.json]
+    kinema eval train-digit-classifier --out DIR
+    kinema eval train-video-features --out DIR
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from kinema.cli import app
+
+eval_app = typer.Typer(
+    help="Evaluate models (probes, PSNR/SSIM, flicker, FVD) and train the small networks the probes use.",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+
+MODEL_HELP = "A pipeline directory (e.g. RUN/pipeline from `kinema train`) or the name of a shipped pipeline."
+I3D_HELP = (
+    "A local TorchScript I3D (StyleGAN-V's i3d_torchscript.pt) for the standard FVD; "
+    "without it FVD uses kinema's small shapes network and is labelled non-standard."
+)
+
+
+def _load_pipeline(model: str, device: str, precision: str):
+    from kinema.pipelines import Pipeline
+
+    return Pipeline.load(model, device=device, precision=precision)
+
+
+def _settings(steps: int | None, sampler: str | None, guidance: float | None, seed: int):
+    from kinema.errors import KinemaError
+    from kinema.eval.shapes_eval import GenerationSettings
+    from kinema.pipelines.common import check_guidance, check_sampler
+
+    if sampler is not None:
+        check_sampler(sampler)
+    if guidance is not None:
+        check_guidance(guidance)
+    if seed < 0:
+        raise KinemaError(f"--seed must be >= 0, got {seed}")
+    return GenerationSettings(steps=steps, sampler=sampler, guidance=guidance, seed=seed)
+
+
+def _progress(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@eval_app.command()
+def shapes(
+    model: str = typer.Option(..., "--model", help=MODEL_HELP),
+    n: int = typer.Option(64, "--n", min=2, help="Prompts (clips per row)."),
+    split: str = typer.Option("all", "--split", help="Prompts from: train, heldout (combinations never trained on) or all."),
+    task: str = typer.Option("t2v", "--task", help="t2v (text), i2v (text + the real first frame), extend (the real clip continued to 4x its length)."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the pipeline's)."),
+    sampler: str = typer.Option(None, "--sampler", help="Sampler (default: the pipeline's): euler, heun, dpmpp_2m, ddim, ddpm, ..."),
+    guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
+    seed: int = typer.Option(0, "--seed", help="Clip i is sampled with seed + i, in every row."),
+    out: Path = typer.Option(Path("report.json"), "--out", help="The JSON report; the .md summary and .png contact sheet go beside it."),
+    save_videos: Path = typer.Option(None, "--save-videos", help="Keep every clip here (DIR/model/0000.mp4, DIR/within_frame/...), prompt in its metadata."),
+    i3d: Path = typer.Option(None, "--i3d", help=I3D_HELP),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (autocast)."),
+) -> None:
+    """Generate clips from the prompts of a shapes split, probe them, and report accuracy beside reference rows."""
+    from kinema.eval.report import write_report
+    from kinema.eval.shapes_eval import evaluate_shapes, get_task, shapes_markdown
+
+    get_task(task)  # a bad name fails before the model loads
+    settings = _settings(steps, sampler, guidance, seed)
+    pipe = _load_pipeline(model, device, precision)
+    report, sheet = evaluate_shapes(
+        pipe, model=model, n=n, split=split, task=task, settings=settings, i3d=i3d, save_videos=save_videos, progress=_progress
+    )
+    paths = write_report(report, sheet, out, shapes_markdown)
+    typer.echo(shapes_markdown(report))
+    typer.echo(f"wrote {', '.join(paths.values())}")
+
+
+@eval_app.command()
+def digits(
+    model: str = typer.Option(..., "--model", help=MODEL_HELP + " It must have been trained on moving digits."),
+    n: int = typer.Option(32, "--n", min=1, help="Captions of the test split (clips per row)."),
+    count: int = typer.Option(1, "--digits", min=1, max=2, help="Digits per clip (1 or 2), as the model was trained."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the pipeline's)."),
+    sampler: str = typer.Option(None, "--sampler", help="Sampler (default: the pipeline's)."),
+    guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
+    seed: int = typer.Option(0, "--seed", help="Clip i is sampled with seed + i, in every row."),
+    out: Path = typer.Option(Path("digits_report.json"), "--out", help="The JSON report; the .md and .png go beside it."),
+    save_videos: Path = typer.Option(None, "--save-videos", help="Keep every clip here, prompt in its metadata."),
+    classifier: Path = typer.Option(None, "--classifier", help="A folder from train-digit-classifier (default: the shipped one)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (autocast)."),
+) -> None:
+    """Generate moving-digits clips, read each frame's digits, and report accuracy and identity consistency."""
+    from kinema.eval.digits import digits_markdown, evaluate_digits
+    from kinema.eval.report import write_report
+
+    settings = _settings(steps, sampler, guidance, seed)
+    pipe = _load_pipeline(model, device, precision)
+    report, sheet = evaluate_digits(
+        pipe, model=model, n=n, digits=count, settings=settings, classifier=classifier, save_videos=save_videos, progress=_progress
+    )
+    paths = write_report(report, sheet, out, digits_markdown)
+    typer.echo(digits_markdown(report))
+    typer.echo(f"wrote {', '.join(paths.values())}")
+
+
+@eval_app.command()
+def vae(
+    model: str = typer.Option(..., "--model", help="A VAE directory (save_model(vae, DIR, 'vae')) or a pipeline directory."),
+    data: str = typer.Option(..., "--data", help="shapes, shapes2, digits, or a .csv/.jsonl manifest of your clips."),
+    n: int = typer.Option(32, "--n", min=1, help="Clips to reconstruct."),
+    size: int = typer.Option(64, "--size", help="Frame size in pixels (a multiple of the VAE's spatial factor)."),
+    frames: int = typer.Option(17, "--frames", help="Frames per clip (1 + k * the VAE's temporal factor)."),
+    split: str = typer.Option(None, "--split", help="Split of a built-in dataset (shapes: train, heldout, all; digits: train, test)."),
+    out: Path = typer.Option(Path("vae_report.json"), "--out", help="The JSON report; the .md summary goes beside it."),
+    i3d: Path = typer.Option(None, "--i3d", help=I3D_HELP),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (autocast on the CPU)."),
+) -> None:
+    """Reconstruct clips through a VAE: PSNR, SSIM, flicker beside the real clips', FVD."""
+    from kinema.data import get_dataset
+    from kinema.errors import KinemaError
+    from kinema.eval.metrics import evaluate_vae, vae_markdown
+    from kinema.eval.report import write_report
+    from kinema.models.checkpoint import load_model
+
+    if precision not in ("fp32", "bf16"):
+        raise KinemaError(f"--precision must be fp32 or bf16, got {precision!r}")
+    directory = Path(model)
+    if not (directory / "vae.json").is_file():
+        raise KinemaError(
+            f"--model {model}: no vae.json there; give a folder written by save_model(vae, DIR, 'vae') or a pipeline directory"
+        )
+    autoencoder = load_model(directory, "vae")
+    kwargs = {"size": size, "frames": frames}
+    if split is not None:
+        kwargs["split"] = split
+    dataset = get_dataset(data, **kwargs)
+    autoencoder.latent_shape((1, 3, frames, size, size))  # a size the VAE cannot take fails here, named
+    report = evaluate_vae(autoencoder, dataset, model=model, data=data, n=n, i3d=i3d, bf16=precision == "bf16")
+    paths = write_report(report, None, out, vae_markdown)
+    typer.echo(vae_markdown(report))
+    typer.echo(f"wrote {', '.join(paths.values())}")
+
+
+@eval_app.command("train-digit-classifier")
+def train_digit_classifier_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder for digit_classifier.safetensors and .json (the shipped one: src/kinema/assets/digit_classifier)."),
+    epochs: int = typer.Option(15, "--epochs", min=1, help="Passes over the 4,000 training digits."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights, the batches and the augmentation."),
+) -> None:
+    """Train the digits probe's classifier on the train split of the bundled MNIST digits; print its test accuracy."""
+    import json
+
+    from kinema.eval.digits import train_digit_classifier
+    from kinema.eval.fvd import save_network
+
+    model, info = train_digit_classifier(epochs=epochs, seed=seed, log=typer.echo)
+    info["command"] = f"kinema eval train-digit-classifier --out DIR --epochs {epochs} --seed {seed}"
+    path = save_network(model, out, "digit_classifier", info)
+    typer.echo(json.dumps({"weights": str(path), "test_accuracy": info["test_accuracy"]}))
+
+
+@eval_app.command("train-video-features")
+def train_video_features_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder for video_features.safetensors and .json (the shipped one: src/kinema/assets/video_features)."),
+    steps: int = typer.Option(1500, "--steps", min=1, help="Optimiser steps of 32 freshly rendered clips each."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and of the rendered clips."),
+) -> None:
+    """Train the small 3D CNN whose features give kinema's non-standard FVD; print its validation accuracy."""
+    import json
+
+    from kinema.eval.fvd import save_network, train_video_features
+
+    model, info = train_video_features(steps=steps, seed=seed, log=typer.echo)
+    info["command"] = f"kinema eval train-video-features --out DIR --steps {steps} --seed {seed}"
+    path = save_network(model, out, "video_features", info)
+    typer.echo(json.dumps({"weights": str(path), "validation_accuracy": info["validation_accuracy"]}))

@@ -1,0 +1,449 @@
+"""The shapes evaluation: generate clips from the prompts of a split, probe them, and set them beside references.
+
+    prompts of the split (fixed dataset seed) ─▶ pipeline (seed + i per clip) ─▶ clips ─▶ shapes probe ─▶ report
+                                              └▶ the same pipeline, frames denoised apart ─▶ ... (reference)
+    the real rendered clip of every prompt ──────────────────────────────────▶ ... (reference, must be 100%)
+
+A task is data (`EvalTask`): how a clip is made from (prompt, the real clip)
+and which of its frames the probe reads:
+
+    t2v     the prompt alone; the probe reads all frames
+    i2v     the prompt and the real clip's first frame; also the PSNR of generated frame 0 against it
+    extend  the real clip continued to 4x its length (65 frames for 17) with the prompt; the probe reads the last 17
+
+Reference rows, in every report:
+- `real`: the real rendered clips through the same probe (100% by construction;
+  less means the probe cannot be trusted at this size). Its FVD is against the
+  same captions drawn again (new positions and speeds): the floor of the FVD at this n.
+- `within_frame`: the same pipeline whose denoiser sees each latent frame as a
+  clip of its own (`WithinFrame`), with the same seeds. Frames are made without
+  seeing each other, so the gap to the model row is what temporal modelling buys.
+
+The generation harness (`EvalTask`, `generate_clips`, `model_rows`, `WithinFrame`)
+is shared with the digits evaluation (`kinema.eval.digits.evaluate_digits`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import nn
+
+from kinema.errors import KinemaError
+
+if TYPE_CHECKING:
+    from kinema.pipelines import Pipeline
+    from kinema.video import Video
+
+PROMPT_SEED = 7
+"""Dataset seed of the evaluation's prompts and real clips (training draws with seed 0)."""
+EXTEND_FACTOR = 4
+"""The extend task continues a clip of F frames to 1 + EXTEND_FACTOR * (F - 1) frames (65 for 17)."""
+SHEET_CLIPS = 16
+"""Clips shown on the contact sheet."""
+
+
+# ----------------------------------------------------------------------------- generation settings and tasks
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationSettings:
+    """How every clip of an evaluation is sampled; None takes the pipeline's default."""
+
+    steps: int | None = None
+    """Denoising steps."""
+    sampler: str | None = None
+    """Sampler name (euler, heun, dpmpp_2m, ddim, ddpm, ...)."""
+    guidance: float | None = None
+    """Classifier-free guidance scale."""
+    seed: int = 0
+    """Clip i is sampled with seed + i (the same in every row, so rows are paired)."""
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"GenerationSettings.steps must be an int >= 1 or None, got {self.steps!r}")
+        if self.guidance is not None and not self.guidance >= 0:
+            raise ValueError(f"GenerationSettings.guidance must be >= 0 or None, got {self.guidance!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"GenerationSettings.seed must be an int >= 0, got {self.seed!r}")
+
+    def kwargs(self, index: int) -> dict[str, Any]:
+        """The sampling keywords of clip `index` for Pipeline.generate / extend."""
+        return {"num_inference_steps": self.steps, "sampler": self.sampler, "guidance_scale": self.guidance, "seed": self.seed + index}
+
+
+MakeClip = Callable[["Pipeline", str, np.ndarray, dict[str, Any]], "Video"]
+
+
+def _text_to_video(pipe: Pipeline, prompt: str, real: np.ndarray, kw: dict[str, Any]) -> Video:
+    return pipe.generate(prompt, num_frames=len(real), height=real.shape[1], width=real.shape[2], **kw)
+
+
+def _image_to_video(pipe: Pipeline, prompt: str, real: np.ndarray, kw: dict[str, Any]) -> Video:
+    return pipe.generate(prompt, image=real[:1], num_frames=len(real), **kw)
+
+
+def _extend(pipe: Pipeline, prompt: str, real: np.ndarray, kw: dict[str, Any]) -> Video:
+    return pipe.extend(real, prompt, num_frames=(EXTEND_FACTOR - 1) * (len(real) - 1), **kw)
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One way of making an evaluation clip from (prompt, real clip), and what of it is measured."""
+
+    name: str
+    """Name on the command line and in reports."""
+    description: str
+    """One line for the report."""
+    make: MakeClip
+    """(pipeline, prompt, real clip uint8 (T, S, S, 3), sampling keywords) -> Video."""
+    probe_last: bool = False
+    """Probe only the last T frames of a longer clip (T = the real clip's frames) instead of the whole clip."""
+    first_frame_psnr: bool = False
+    """Report the PSNR of generated frame 0 against the real frame 0 that was given."""
+
+    def probed(self, frames: np.ndarray, real_frames: int) -> np.ndarray:
+        """The frames of a generated clip (T', S, S, 3) that the probe reads."""
+        return frames[-real_frames:] if self.probe_last else frames
+
+
+TASKS: dict[str, EvalTask] = {
+    task.name: task
+    for task in (
+        EvalTask("t2v", "text-to-video: the prompt alone", _text_to_video),
+        EvalTask("i2v", "image-to-video: the prompt and the real first frame", _image_to_video, first_frame_psnr=True),
+        EvalTask(
+            "extend", f"extension: the real clip continued to {EXTEND_FACTOR}x its length, last window probed",
+            _extend, probe_last=True,
+        ),
+    )
+}  # fmt: skip
+
+
+def get_task(name: str) -> EvalTask:
+    if name not in TASKS:
+        raise KinemaError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+# ----------------------------------------------------------------------------- the within-frame reference
+
+
+class WithinFrame(nn.Module):
+    """A denoiser run on each latent frame as a clip of its own: frames are denoised without seeing each other.
+
+    forward(x (B, C, T, H, W), timestep (B,), context (B, L, D), context_mask (B, L) | None) -> (B, C_out, T, H, W)
+
+    Frames are folded into the batch (groups of the DiT's temporal patch size,
+    1 for every shipped preset), text and timestep repeated for each. For a DiT
+    this is exactly self-attention restricted to the tokens of one frame: RoPE
+    rotates the q and k of one frame by the same temporal angle, which cancels,
+    and every other layer acts on tokens alone. For the U-Net the temporal
+    layers still run, on one frame (a temporal conv sees its centre tap, a
+    temporal attention only itself).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        from kinema.pipelines.common import latent_multiples
+
+        self.model = model
+        self.config = model.config  # what the pipeline checks and plans with
+        self.frames_per_group = latent_multiples(model)[0]
+
+    def forward(
+        self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        b, groups = x.shape[0], x.shape[2] // self.frames_per_group
+        folded = rearrange(x, "b c (g f) h w -> (b g) c f h w", f=self.frames_per_group)
+        repeat = lambda z: None if z is None else z.repeat_interleave(groups, dim=0)  # noqa: E731
+        timestep = timestep.expand(b) if timestep.ndim == 0 else timestep
+        out = self.model(folded, repeat(timestep), repeat(context), repeat(context_mask))
+        return rearrange(out, "(b g) c f h w -> b c (g f) h w", b=b)
+
+
+def within_frame(pipe: Pipeline) -> Pipeline:
+    """The same pipeline (weights shared, nothing copied) with its denoiser wrapped in `WithinFrame`."""
+    from kinema.pipelines import Pipeline
+
+    return Pipeline(
+        vae=pipe.vae, denoiser=WithinFrame(pipe.denoiser), text_encoder=pipe.text_encoder, process=pipe.process,
+        settings=pipe.settings, provenance=pipe.provenance, precision=pipe.precision,
+        model_hash=f"{pipe.model_hash}-within-frame",
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the generation harness
+
+
+@dataclass
+class Generated:
+    """The clips one row made, in prompt order."""
+
+    clips: list[np.ndarray]
+    """uint8 (T, H, W, 3) each, whole (for extend: the whole extended clip)."""
+    videos: list[Video]
+    """The Videos as returned (with their generation metadata)."""
+    seconds_per_clip: float
+    """Median wall time of one clip, sampling and decoding."""
+
+
+def generate_clips(
+    pipe: Pipeline,
+    task: EvalTask,
+    prompts: Sequence[str],
+    reals: Sequence[np.ndarray],
+    settings: GenerationSettings,
+    progress: Callable[[str], None] | None = None,
+) -> Generated:
+    """Make one clip per prompt with `task.make`, clip i with seed settings.seed + i."""
+    clips, videos, seconds = [], [], []
+    for i, (prompt, real) in enumerate(zip(prompts, reals)):
+        start = time.perf_counter()
+        video = task.make(pipe, prompt, real, settings.kwargs(i))
+        seconds.append(time.perf_counter() - start)
+        clips.append(video.frames)
+        videos.append(video)
+        if progress is not None:
+            progress(f"{i + 1}/{len(prompts)}  {seconds[-1]:.1f}s  {prompt}")
+    return Generated(clips, videos, float(np.median(seconds)) if seconds else 0.0)  # median: the first call warms up
+
+
+def model_rows(pipe: Pipeline) -> list[tuple[str, str, Pipeline]]:
+    """(name, label, pipeline) of the generated rows: the model, and the model with frames denoised apart."""
+    return [
+        ("model", "model", pipe),
+        ("within_frame", "model, frames denoised apart (no temporal attention)", within_frame(pipe)),
+    ]
+
+
+def save_clips(directory: Path, generated: Generated, extra: Sequence[dict[str, Any]]) -> list[str]:
+    """Write every clip as DIR/NNNN.mp4 with its generation metadata plus `extra` (e.g. pass/fail)."""
+    from kinema.video import Video
+
+    paths = []
+    for i, (video, more) in enumerate(zip(generated.videos, extra)):
+        path = Video(video.frames, fps=video.fps, metadata={**video.metadata, **more}).save(directory / f"{i:04d}.mp4")
+        paths.append(str(path))
+    return paths
+
+
+def as_batch(clips: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 clips (T, H, W, 3) of one shape -> float (N, 3, T, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+# ----------------------------------------------------------------------------- the shapes evaluation
+
+
+REAL_FVD_NOTE = "real row: FVD against the same captions drawn again (new positions and speeds), the floor at this n"
+
+
+def redraw(scenes: Sequence[Sequence[dict[str, Any]]], size: int, frames: int, seed: int) -> list[np.ndarray]:
+    """The same scenes (attributes of `ShapesDataset.attributes`) rendered again with new starts and speeds."""
+    from kinema.data.shapes import make_object, render_clip
+
+    rng = np.random.default_rng(seed)
+    clips = []
+    for objects in scenes:
+        again = [
+            make_object(
+                colour=a["colour"], shape=a["shape"], size=a["size"], motion=a["motion"], canvas=size, frames=frames,
+                start=tuple(rng.random(2)), distance=float(rng.random()),
+            )
+            for a in objects
+        ]  # fmt: skip
+        clips.append(render_clip(again, size, frames))
+    return clips
+
+
+def summarize_shapes(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy per attribute and joint (with 95% Wilson intervals), presence and area CV of probed clips."""
+    from kinema.eval.metrics import proportion
+
+    n = len(scores)
+    accuracy = {k: proportion(sum(bool(s[k]) for s in scores), n) for k in ("colour", "shape", "motion")}
+    accuracy["joint"] = proportion(sum(bool(s["correct"]) for s in scores), n)
+    sized = [s for s in scores if s["size"] is not None]
+    accuracy["size"] = proportion(sum(bool(s["size"]) for s in sized), len(sized))
+    cvs = [s["measured"]["area_cv"] for s in scores if s["measured"]["area_cv"] is not None]
+    return {
+        "clips": n,
+        "accuracy": accuracy,
+        "present_all_frames": proportion(sum(s["measured"]["present_all_frames"] for s in scores), n),
+        "area_cv": float(np.mean(cvs)) if cvs else None,
+    }
+
+
+def _temporal(clips: torch.Tensor) -> float:
+    from kinema.eval.metrics import flicker
+
+    return float(flicker(clips).mean())
+
+
+def evaluate_shapes(
+    pipe: Pipeline,
+    *,
+    model: str = "pipeline",
+    n: int = 64,
+    split: str = "heldout",
+    task: str = "t2v",
+    settings: GenerationSettings | None = None,
+    i3d: str | Path | None = None,
+    save_videos: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    variants: Sequence[tuple[str, str, Any]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate `pipe` (named `model` in the report) on `n` prompts of the shapes `split`.
+
+    Returns (report, sheet) for `kinema.eval.report.write_report(report, sheet, out, shapes_markdown)`.
+
+    report: JSON data (settings, one row per model variant and the real reference, per-clip results);
+    sheet: the model's probed clips, prompts and pass/fail for the contact sheet.
+    variants: the generated rows as (name, label, pipeline); default `model_rows(pipe)`.
+    """
+    from kinema.data.shapes import SPLITS, ShapesDataset, caption_for, render_clip
+    from kinema.eval.fvd import feature_extractor, fvd_from_features
+    from kinema.eval.metrics import psnr
+    from kinema.eval.shapes_probe import score
+
+    eval_task = get_task(task)
+    settings = settings or GenerationSettings()
+    if split not in SPLITS:
+        raise KinemaError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not isinstance(n, int) or n < 2:
+        raise KinemaError(f"--n must be an int >= 2 (FVD needs two clips), got {n!r}")
+    size, frames = pipe.settings.height, pipe.settings.num_frames
+    if pipe.settings.width != size:
+        raise KinemaError(f"the shapes evaluation needs square clips; the pipeline makes {size}x{pipe.settings.width}")
+    if size < 64:
+        raise KinemaError(f"the shapes probe needs clips of at least 64x64 pixels (SHAPES.md); the pipeline makes {size}x{size}")
+
+    data = ShapesDataset(size=size, frames=frames, split=split, objects=1, length=n, seed=PROMPT_SEED)
+    scenes = [data.attributes(i) for i in range(n)]
+    prompts = [caption_for(objects) for objects in scenes]
+    reals = [render_clip(objects, size, frames) for objects in scenes]
+    extractor = feature_extractor(i3d)
+    real_batch = as_batch(reals)
+    real_features = extractor(real_batch)
+
+    def row(name: str, label: str, clips: list[np.ndarray], against: torch.Tensor, **extra: Any) -> tuple[dict[str, Any], list]:
+        scores = [score(clip, prompt) for clip, prompt in zip(clips, prompts)]
+        batch = as_batch(clips)
+        summary = {
+            "name": name, "label": label, **summarize_shapes(scores), "flicker": _temporal(batch),
+            "fvd": fvd_from_features(against, extractor(batch)), **extra,
+        }  # fmt: skip
+        return summary, scores
+
+    rows, clip_records = [], [{"index": i, "prompt": p, "seed": settings.seed + i} for i, p in enumerate(prompts)]
+    sheet: dict[str, Any] = {}
+    saved: dict[str, list[str]] = {}
+    for name, label, variant in variants or model_rows(pipe):
+        report = (lambda msg, name=name: progress(f"[{name}] {msg}")) if progress is not None else None
+        generated = generate_clips(variant, eval_task, prompts, reals, settings, report)
+        probed = [eval_task.probed(clip, frames) for clip in generated.clips]
+        first_frame = None
+        if eval_task.first_frame_psnr:
+            first_frame = float(psnr(as_batch([c[:1] for c in probed]), real_batch[:, :, :1]).mean())
+        summary, scores = row(
+            name, label, probed, real_features, seconds_per_clip=generated.seconds_per_clip, first_frame_psnr=first_frame
+        )
+        rows.append(summary)
+        for record, s in zip(clip_records, scores):
+            record[name] = _brief(s)
+        if save_videos is not None:
+            marks = [{"eval_correct": int(s["correct"]), "eval_row": name} for s in scores]
+            saved[name] = save_clips(Path(save_videos) / name, generated, marks)
+        if not sheet:  # the first row: the model
+            sheet = {"clips": probed[:SHEET_CLIPS], "captions": prompts[:SHEET_CLIPS], "passed": [s["correct"] for s in scores[:SHEET_CLIPS]]}
+    # The real clips against the same captions drawn again: the FVD floor at this n, and the probe's 100% check.
+    second_draw = extractor(as_batch(redraw(scenes, size, frames, seed=PROMPT_SEED + 1)))
+    summary, scores = row("real", "real clips (reference)", reals, second_draw, seconds_per_clip=None, first_frame_psnr=None)
+    rows.append(summary)
+    for record, s in zip(clip_records, scores):
+        record["real"] = _brief(s)
+
+    report_data = {
+        "kind": "kinema-eval-shapes",
+        "model": model,
+        "model_hash": pipe.model_hash,
+        "task": {"name": eval_task.name, "description": eval_task.description},
+        "split": split,
+        "n": n,
+        "clip": {"frames": frames, "size": size, "probed_frames": frames},
+        "settings": {
+            "steps": settings.steps or pipe.settings.steps, "sampler": settings.sampler or pipe.settings.sampler,
+            "guidance": pipe.settings.guidance if settings.guidance is None else settings.guidance, "seed": settings.seed,
+            "prompt_seed": PROMPT_SEED,
+        },
+        "fvd": {"label": extractor.label, "standard": extractor.standard, "real_row": REAL_FVD_NOTE},
+        "rows": rows,
+        "clips": clip_records,
+    }  # fmt: skip
+    if saved:
+        report_data["videos"] = saved
+    return report_data, sheet
+
+
+def _brief(s: dict[str, Any]) -> dict[str, Any]:
+    """The per-clip record of a probe score: correctness per attribute and what was measured."""
+    m = s["measured"]
+    return {
+        "correct": s["correct"], "colour": s["colour"], "shape": s["shape"], "motion": s["motion"], "size": s["size"],
+        "measured": {k: m[k] for k in ("colour", "shape", "size", "motion", "present_all_frames", "area_cv")},
+    }  # fmt: skip
+
+
+def shapes_markdown(report: dict[str, Any]) -> str:
+    """The Markdown summary of a shapes report."""
+    from kinema.eval.report import markdown_table, number, percent
+
+    acc = lambda key: lambda r: percent(r["accuracy"][key])  # noqa: E731
+    columns = [
+        ("row", lambda r: r["label"]),
+        ("joint (colour+shape+motion)", acc("joint")),
+        ("colour", acc("colour")),
+        ("shape", acc("shape")),
+        ("motion", acc("motion")),
+        ("size", acc("size")),
+        ("present in every frame", lambda r: percent(r["present_all_frames"])),
+        ("area CV", lambda r: number(r["area_cv"], 3)),
+        ("flicker (levels/frame)", lambda r: number(r["flicker"])),
+        (report["fvd"]["label"], lambda r: number(r["fvd"], 1)),
+        ("s/clip", lambda r: number(r["seconds_per_clip"])),
+    ]
+    if report["task"]["name"] == "i2v":
+        columns.append(("frame-0 PSNR (dB)", lambda r: number(r["first_frame_psnr"])))
+    s = report["settings"]
+    lines = [
+        f"# Shapes evaluation: {report['model']}",
+        "",
+        f"Task **{report['task']['name']}** ({report['task']['description']}), split **{report['split']}**, "
+        f"{report['n']} prompts, {report['clip']['frames']} frames of {report['clip']['size']}x{report['clip']['size']}. "
+        f"Sampler {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}, seeds {s['seed']}..{s['seed'] + report['n'] - 1}. "
+        f"Model hash `{report['model_hash']}`.",
+        "",
+        markdown_table(report["rows"], columns),
+        "",
+        "Accuracy: share of clips whose probed attribute matches the prompt, with its 95% Wilson interval; "
+        "joint = colour, shape and motion all right (size is reported apart). Flicker: mean absolute change "
+        "between consecutive frames, in grey levels; compare it with the real row. The real row's FVD is against "
+        "the same captions drawn again (new positions and speeds): the floor of the FVD at this n.",
+    ]
+    if not report["fvd"]["standard"]:
+        lines.append(
+            f"{report['fvd']['label']}: a small 3D CNN trained by kinema on shapes clips, not the I3D of published "
+            "FVD numbers; compare it only with itself at the same n."
+        )
+    real = next(r for r in report["rows"] if r["name"] == "real")
+    if real["accuracy"]["joint"]["rate"] != 1.0:
+        lines.append("**Warning:** the real clips do not all pass the probe; its numbers cannot be trusted at this size.")
+    return "\n".join(lines) + "\n"

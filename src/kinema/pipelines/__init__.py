@@ -1,0 +1,28 @@
+"""Pipelines: a trained model as one directory, and the tasks that generate with it.
+
+    pipe = Pipeline.load("shapes")                       # a shipped name, or a pipeline directory
+    video = pipe.generate("a red circle moving right", num_frames=17, seed=0)
+
+Modules: `pipeline` (the `Pipeline` container and its `SamplingSettings`), `storage` (the
+directory format: save, load, validation), `tasks` (one thin function per task), `common`
+(what the tasks share: checks, prompts, noise, the guided denoiser, sampling, decoding),
+`inputs` (images, clips and masks given as paths, arrays, tensors or `Video`s).
+The names below are imported on first use, so `import kinema.pipelines` stays cheap.
+"""
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Pipeline": "pipeline",
+    "SamplingSettings": "pipeline",
+    "shipped_pipelines": "storage",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"kinema.pipelines.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'kinema.pipelines' has no attribute {name!r}")

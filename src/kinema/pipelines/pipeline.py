@@ -1,0 +1,393 @@
+"""`Pipeline`: the VAE, the denoiser, the text encoder, the noise process and the sampling defaults.
+
+    pipe = Pipeline.load("shapes")                                   # or a directory
+    video = pipe.generate("a red circle moving right", num_frames=17, num_inference_steps=20, seed=0)
+    clip = pipe.generate("a red circle moving right", image="first.png")
+    clip = pipe.interpolate("first.png", "last.png", "a red circle moving right")
+    longer = pipe.extend(video, "a red circle moving right", num_frames=48)
+    edited = pipe.edit(video, "a blue circle moving right", strength=0.6, mask="mask.png")
+
+Each method returns a `Video` (a list of them for a list of prompts or num_videos > 1); sample i
+uses seed + i and is the same video whether made alone or with others. Every argument is
+checked before any work, and bad ones raise `KinemaError` naming the valid values.
+
+The container holds no generation logic: each method checks its arguments into a `Plan`
+(`common.make_plan`) and calls one task function of `kinema.pipelines.tasks`.
+`Pipeline(...)` + `pipe.save(dir)` is how `kinema train` exports its EMA weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kinema.errors import KinemaError
+from kinema.pipelines import common
+from kinema.video import Video
+
+PRECISIONS = common.PRECISIONS
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingSettings:
+    """A pipeline's generation defaults; every API argument and CLI flag overrides them per call."""
+
+    sampler: str = "euler"
+    """Sampler: euler, heun, dpmpp_2m, ddim, ddpm or unipc (kinema.diffusion.samplers)."""
+    steps: int = 30
+    """Denoising steps."""
+    guidance: float = 4.0
+    """Classifier-free guidance scale: 1 is off, 0 unconditional, 3-7 usual."""
+    num_frames: int = 17
+    """Frames of a clip (1 + k * the VAE's temporal factor), and of each window of an extension."""
+    height: int = 64
+    """Frame height in pixels (a multiple of the VAE's spatial factor times the denoiser's patch)."""
+    width: int = 64
+    """Frame width in pixels (same rule as height)."""
+    fps: float = 8.0
+    """Frame rate of the videos made."""
+    precision: str = "fp32"
+    """What the models run in unless the caller says otherwise: fp32, or bf16 (autocast; faster where bf16 is native)."""
+
+    def __post_init__(self) -> None:
+        from kinema.diffusion.samplers import STEPS
+
+        if self.sampler not in STEPS:
+            raise ValueError(f"SamplingSettings.sampler must be one of {', '.join(STEPS)}, got {self.sampler!r}")
+        for name in ("steps", "num_frames", "height", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SamplingSettings.{name} must be an int >= 1, got {value!r}")
+        if not self.guidance >= 0:
+            raise ValueError(f"SamplingSettings.guidance must be >= 0, got {self.guidance}")
+        if not self.fps > 0:
+            raise ValueError(f"SamplingSettings.fps must be > 0, got {self.fps}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"SamplingSettings.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+class Pipeline:
+    """A trained text-to-video model: vae + denoiser + text_encoder + process + settings.
+
+    vae: `VideoVAE`; denoiser: `DiT` or `UNet3D` taking latents plus the conditioning channels
+    (in_channels = 2 * latent_channels + 1); text_encoder: `TextEncoder` or `HFTextEncoder`;
+    process: `FlowMatching` or `VPDiffusion` (what the denoiser was trained with);
+    settings: the generation defaults; provenance: JSON data saved with it (training config, step...).
+    The modules are put in eval mode. precision: "fp32", or "bf16" to run the models under bf16 autocast
+    (default: settings.precision).
+    """
+
+    def __init__(
+        self,
+        *,
+        vae: nn.Module,
+        denoiser: nn.Module,
+        text_encoder: nn.Module,
+        process: Any,
+        settings: SamplingSettings | None = None,
+        provenance: dict[str, Any] | None = None,
+        precision: str | None = None,
+        model_hash: str | None = None,
+    ) -> None:
+        from kinema.diffusion import num_channels
+
+        latent = vae.config.latent_channels
+        expect = {"in_channels": latent + num_channels(latent), "out_channels": latent, "text_dim": text_encoder.dim}
+        wrong = {k: getattr(denoiser.config, k) for k, v in expect.items() if getattr(denoiser.config, k) != v}
+        if wrong:
+            raise KinemaError(
+                f"the denoiser does not fit the VAE ({latent} latent channels) and the text encoder (dim "
+                f"{text_encoder.dim}): it has {wrong}, needs { {k: expect[k] for k in wrong} }"
+            )
+        self.vae = vae.eval()
+        self.denoiser = denoiser.eval()
+        self.text_encoder = text_encoder.eval()
+        self.process = process
+        self.settings = settings or SamplingSettings()
+        self.provenance = dict(provenance or {})
+        self.precision = common.check_precision(self.settings.precision if precision is None else precision)
+        self._hash = model_hash
+
+    def __repr__(self) -> str:
+        return (
+            f"Pipeline(denoiser={type(self.denoiser).__name__}, text_encoder={type(self.text_encoder).__name__}, "
+            f"process={type(self.process).__name__}, settings={self.settings}, device={self.device}, "
+            f"model_hash={self.model_hash})"
+        )
+
+    # -- storage
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | os.PathLike[str] = "shapes",
+        *,
+        device: str | torch.device = "cpu",
+        precision: str | None = None,
+    ) -> Pipeline:
+        """A shipped pipeline by name, or a pipeline directory; every file is checked against pipeline.json.
+
+        precision: "fp32" or "bf16"; None takes the pipeline's `settings.precision`.
+        """
+        from kinema.pipelines.storage import load_pipeline
+
+        pipe = load_pipeline(name_or_path, device=_check_device(device))
+        return pipe if precision is None else pipe.to(precision=precision)
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the pipeline directory (replacing an existing pipeline there); returns its path."""
+        from kinema.pipelines.storage import save_pipeline
+
+        return save_pipeline(self, directory)
+
+    @property
+    def model_hash(self) -> str:
+        """The pipeline's content hash (components' kinds, configs, weights, and the process)."""
+        if self._hash is None:
+            from kinema.diffusion import process_to_dict
+            from kinema.pipelines.storage import component_record, model_hash
+
+            parts = {"vae": self.vae, "denoiser": self.denoiser, "text_encoder": self.text_encoder}
+            self._hash = model_hash({k: component_record(m) for k, m in parts.items()}, process_to_dict(self.process))
+        return self._hash
+
+    # -- device and precision
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def to(self, device: str | torch.device | None = None, *, precision: str | None = None) -> Pipeline:
+        """Move the models to `device` and/or set the precision ("fp32", or "bf16" autocast); returns self."""
+        if device is not None:
+            device = _check_device(device)
+            for module in (self.vae, self.denoiser, self.text_encoder):
+                module.to(device)
+        if precision is not None:
+            self.precision = common.check_precision(precision)
+        return self
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context the models run in: bf16 autocast when precision is "bf16", else nothing."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    # -- tasks
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        image: Any = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+        seed: int | None = None,
+        num_videos: int = 1,
+        fps: float | None = None,
+        progress: bool = False,
+    ) -> Video | list[Video]:
+        """Text-to-video, or image-to-video when `image` is given (it becomes frame 0).
+
+        prompt: a prompt, or a list (one video per prompt and seed). image: a path, `Video`, uint8 array
+        or tensor (see `kinema.pipelines.inputs`); the clip takes its size unless height/width are given,
+        in which case it is resized. seed: sample i uses seed + i (None: a random seed, recorded in the
+        metadata). Defaults for the rest come from `self.settings`.
+        """
+        from kinema.pipelines import tasks
+        from kinema.pipelines.inputs import as_image, resized
+
+        prompts, single = self._prompts(prompt, num_videos)
+        picture = None
+        if image is not None:
+            picture = as_image(image, "image")
+            height = picture.height if height is None else height
+            width = picture.width if width is None else width
+        plan = self._plan(
+            len(prompts), seed, num_inference_steps, guidance_scale, sampler, num_frames, height, width, fps,
+            least_latents=1 if picture is None else 2,  # image-to-video needs a latent frame after the image
+        )  # fmt: skip
+        with common.Progress(len(prompts) * plan.steps, progress, "generate") as bar:
+            if picture is None:
+                videos = tasks.text_to_video(self, prompts, plan, bar.step)
+            else:
+                videos = tasks.image_to_video(self, resized(picture, plan.height, plan.width), prompts, plan, bar.step)
+        return videos[0] if single else videos
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        first: Any,
+        last: Any,
+        prompt: str | Sequence[str],
+        *,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+        seed: int | None = None,
+        num_videos: int = 1,
+        fps: float | None = None,
+        progress: bool = False,
+    ) -> Video | list[Video]:
+        """A clip that starts at image `first` and ends at image `last` (both resized to the clip's size).
+
+        The size defaults to `first`'s; num_frames needs at least 1 + 2f frames (three latent frames).
+        """
+        from kinema.pipelines import tasks
+        from kinema.pipelines.inputs import as_image, resized
+
+        prompts, single = self._prompts(prompt, num_videos)
+        start, end = as_image(first, "first"), as_image(last, "last")
+        height = start.height if height is None else height
+        width = start.width if width is None else width
+        plan = self._plan(
+            len(prompts), seed, num_inference_steps, guidance_scale, sampler, num_frames, height, width, fps,
+            least_latents=3,
+        )  # fmt: skip
+        size = (plan.height, plan.width)
+        with common.Progress(len(prompts) * plan.steps, progress, "interpolate") as bar:
+            videos = tasks.interpolation(self, resized(start, *size), resized(end, *size), prompts, plan, bar.step)
+        return videos[0] if single else videos
+
+    @torch.no_grad()
+    def extend(
+        self,
+        video: Any,
+        prompt: str | Sequence[str],
+        *,
+        num_frames: int,
+        context_frames: int | None = None,
+        window_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+        seed: int | None = None,
+        num_videos: int = 1,
+        fps: float | None = None,
+        progress: bool = False,
+    ) -> Video | list[Video]:
+        """`video` continued by `num_frames` frames, window after window; returns the whole clip.
+
+        prompt: one prompt, or a list with one prompt per window (the prompt may change along the clip;
+            `extension_windows` / the error message say how many windows a length takes).
+        context_frames: frames of the clip so far each window sees (1 + k * f; default about half a window).
+        window_frames: frames per window (default `settings.num_frames`, what the model was trained on).
+        Memory is that of one window whatever the length. The video keeps its size; fps defaults to its own.
+        """
+        from kinema.pipelines import tasks
+        from kinema.pipelines.inputs import as_video
+
+        clip = as_video(video, "video")
+        new_frames = common.check_count(num_frames, "num_frames (frames to add)")
+        num_videos = common.check_count(num_videos, "num_videos")
+        window_prompts = common.check_prompts(prompt)
+        plan = self._plan(
+            num_videos, seed, num_inference_steps, guidance_scale, sampler, window_frames, clip.height, clip.width,
+            clip.fps if fps is None else fps, least_latents=2, frames_name="window_frames",
+        )  # fmt: skip
+        context = self._context_frames(context_frames, plan)
+        adds = tasks.extension_windows(self, clip.num_frames, new_frames, context, plan)
+        if len(window_prompts) == 1:
+            window_prompts = window_prompts * len(adds)
+        elif len(window_prompts) != len(adds):
+            raise KinemaError(
+                f"{len(window_prompts)} prompts for {len(adds)} windows: adding {new_frames} frames in windows of "
+                f"{plan.num_frames} frames with {context} frames of context takes {len(adds)} windows; "
+                f"give one prompt, or {len(adds)} (one per window)"
+            )
+        with common.Progress(num_videos * len(adds) * plan.steps, progress, "extend") as bar:
+            videos = tasks.extension(self, clip, window_prompts, new_frames, context, plan, bar.step)
+        return videos[0] if num_videos == 1 else videos
+
+    @torch.no_grad()
+    def edit(
+        self,
+        video: Any,
+        prompt: str | Sequence[str],
+        *,
+        strength: float = 0.6,
+        mask: Any = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+        seed: int | None = None,
+        num_videos: int = 1,
+        fps: float | None = None,
+        progress: bool = False,
+    ) -> Video | list[Video]:
+        """`video` re-made under `prompt` (SDEdit); with `mask` (white = regenerate) only inside the mask.
+
+        strength in (0, 1]: how far up the noise schedule the clip is taken (the last strength * steps
+        steps run, rounded); 1 regenerates from pure noise. mask: an image (every frame) or a clip of masks of
+        the video's size; pixels outside it are returned exactly as given.
+        """
+        from kinema.pipelines import tasks
+        from kinema.pipelines.inputs import as_mask, as_video
+
+        clip = as_video(video, "video")
+        prompts, single = self._prompts(prompt, num_videos)
+        strength = common.check_strength(strength)
+        pixels = None if mask is None else as_mask(mask, clip)
+        plan = self._plan(
+            len(prompts), seed, num_inference_steps, guidance_scale, sampler, clip.num_frames, clip.height, clip.width,
+            clip.fps if fps is None else fps, frames_name="video frames",
+        )  # fmt: skip
+        run = tasks.edit_steps(strength, plan.steps)
+        with common.Progress(len(prompts) * run, progress, "edit") as bar:
+            videos = tasks.edit(self, clip, prompts, strength, pixels, plan, bar.step)
+        return videos[0] if single else videos
+
+    # -- argument checks shared by the methods
+
+    def _prompts(self, prompt: str | Sequence[str], num_videos: int) -> tuple[list[str], bool]:
+        """One prompt per sample (each prompt num_videos times), and whether one Video is returned."""
+        prompts = common.check_prompts(prompt)
+        num_videos = common.check_count(num_videos, "num_videos")
+        return [p for p in prompts for _ in range(num_videos)], isinstance(prompt, str) and num_videos == 1
+
+    def _plan(self, num_samples, seed, steps, guidance, sampler, num_frames, height, width, fps, **kwargs) -> common.Plan:
+        return common.make_plan(
+            self, num_samples=num_samples, seed=seed, sampler=sampler, steps=steps, guidance=guidance,
+            num_frames=num_frames, height=height, width=width, fps=fps, **kwargs,
+        )  # fmt: skip
+
+    def _context_frames(self, context_frames: int | None, plan: common.Plan) -> int:
+        """Context of each extension window in pixel frames: 1 + f(k - 1) for k known latent frames < the window's."""
+        f, window = self.vae.config.temporal_factor, plan.latent_shape[1]
+        if context_frames is None:
+            return 1 + f * (max(1, window // 2) - 1)
+        common.check_count(context_frames, "context_frames")
+        most = 1 + f * (window - 2)
+        if (context_frames - 1) % f or context_frames > most:
+            below = min(most, 1 + f * ((context_frames - 1) // f))
+            near = sorted({below, min(most, below + f)})
+            raise KinemaError(
+                f"context_frames={context_frames} cannot be used: a window of {plan.num_frames} frames takes "
+                f"1 + {f}k context frames, at most {most} (one latent frame must be new); use {' or '.join(map(str, near))}"
+            )
+        return context_frames
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise KinemaError(f"device {device!r} is not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KinemaError("device cuda asked for, but CUDA is not available here (a CPU build of torch?); use cpu")
+    return device

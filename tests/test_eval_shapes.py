@@ -1,0 +1,222 @@
+"""The shapes evaluation: reference rows, wrong clips failing on exactly their attribute, tasks, the
+within-frame reference, and `kinema eval shapes` end to end on a tiny random pipeline."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from kinema.data.shapes import make_object, render_clip
+from kinema.errors import KinemaError
+from kinema.eval.report import write_report
+from kinema.eval.shapes_eval import TASKS, WithinFrame, evaluate_shapes, shapes_markdown
+from kinema.eval.shapes_probe import parse_caption
+from kinema.video import Video, read_video
+
+FRAMES = 9
+
+
+class Renderer:
+    """A stand-in pipeline: renders what each prompt asks, with some attributes replaced by `wrong`."""
+
+    model_hash = "renderer"
+
+    def __init__(self, frames=FRAMES, **wrong):
+        self.settings = SimpleNamespace(height=64, width=64, num_frames=frames, steps=1, sampler="euler", guidance=1.0)
+        self.wrong = wrong
+
+    def clip(self, prompt, frames, seed):
+        asked = {**parse_caption(prompt), **self.wrong}
+        rng = np.random.default_rng(seed)
+        a = make_object(**asked, canvas=64, frames=frames, start=tuple(rng.random(2)), distance=float(rng.random()))
+        return render_clip(a, 64, frames)
+
+    def generate(self, prompt, *, num_frames=None, height=None, width=None, image=None, seed=0, **kw):
+        frames = self.clip(prompt, num_frames, seed)
+        if image is not None:
+            frames[0] = image[0]  # image-to-video keeps the given frame
+        return Video(frames, metadata={"prompt": prompt, "seed": seed})
+
+    def extend(self, video, prompt, *, num_frames, seed=0, **kw):
+        clip = self.clip(prompt, FRAMES, seed)
+        held = np.repeat(clip[:1], num_frames - FRAMES, axis=0)  # new frames: a pause, then a whole clip
+        return Video(np.concatenate([video.frames if isinstance(video, Video) else video, held, clip]), metadata={"prompt": prompt})
+
+
+def run(variant, task="t2v", n=6, **kw):
+    return evaluate_shapes(variant, model="renderer", n=n, split="all", task=task, variants=[("model", "model", variant)], **kw)
+
+
+def rows(report):
+    return {r["name"]: r for r in report["rows"]}
+
+
+def test_real_and_faithful_clips_score_100_percent():
+    report, sheet = run(Renderer())
+    for name in ("model", "real"):
+        acc = rows(report)[name]["accuracy"]
+        assert all(acc[k]["rate"] == 1.0 for k in ("colour", "shape", "motion", "size", "joint")), (name, acc)
+        assert rows(report)[name]["present_all_frames"]["rate"] == 1.0
+    real = rows(report)["real"]
+    assert real["seconds_per_clip"] is None and real["fvd"] > 0  # two independent real draws differ a little
+    assert real["flicker"] > 0 and rows(report)["model"]["flicker"] > 0
+    assert len(report["clips"]) == 6 and all(c["real"]["correct"] for c in report["clips"])
+    assert sheet["passed"] == [True] * 6 and sheet["clips"][0].shape == (FRAMES, 64, 64, 3)
+
+
+@pytest.mark.parametrize(("attribute", "value"), [("colour", "magenta"), ("shape", "triangle"), ("motion", "down")])
+def test_a_model_that_gets_one_attribute_wrong_fails_on_exactly_that_attribute(attribute, value):
+    report, _ = run(Renderer(**{attribute: value}), n=8)
+    acc = rows(report)["model"]["accuracy"]
+    asked = [parse_caption(c["prompt"])[attribute] for c in report["clips"]]
+    wrong = sum(a != value for a in asked)  # prompts that asked for something else
+    assert acc[attribute]["k"] == 8 - wrong and wrong > 0
+    assert acc["joint"]["k"] == 8 - wrong
+    for other in {"colour", "shape", "motion"} - {attribute}:
+        assert acc[other]["rate"] == 1.0
+    assert rows(report)["real"]["accuracy"]["joint"]["rate"] == 1.0
+    for clip in report["clips"]:
+        assert clip["model"][attribute] == (parse_caption(clip["prompt"])[attribute] == value)
+
+
+def test_image_to_video_reports_the_first_frame_psnr():
+    report, _ = run(Renderer(), task="i2v", n=3)
+    model = rows(report)["model"]
+    assert model["first_frame_psnr"] == pytest.approx(100.0) and rows(report)["real"]["first_frame_psnr"] is None
+    assert model["accuracy"]["joint"]["rate"] == 1.0
+
+
+def test_extension_probes_the_last_window():
+    report, sheet = run(Renderer(), task="extend", n=3)
+    assert rows(report)["model"]["accuracy"]["joint"]["rate"] == 1.0
+    assert sheet["clips"][0].shape[0] == FRAMES  # the sheet shows the probed window
+    # A model that extends with the wrong motion fails on motion only.
+    report, _ = run(Renderer(motion="still"), task="extend", n=3)
+    acc = rows(report)["model"]["accuracy"]
+    assert acc["colour"]["rate"] == 1.0 and acc["shape"]["rate"] == 1.0 and acc["motion"]["rate"] < 1.0
+
+
+def test_tasks_are_data():
+    assert set(TASKS) == {"t2v", "i2v", "extend"}
+    assert TASKS["i2v"].first_frame_psnr and TASKS["extend"].probe_last and not TASKS["t2v"].probe_last
+    with pytest.raises(KinemaError, match="unknown task 'v2v'; choose one of t2v, i2v, extend"):
+        run(Renderer(), task="v2v")
+    with pytest.raises(KinemaError, match="at least 64x64"):
+        small = Renderer()
+        small.settings.height = small.settings.width = 32
+        run(small)
+
+
+def test_report_files_and_markdown(tmp_path):
+    report, sheet = run(Renderer(shape="square"), n=4)
+    paths = write_report(report, sheet, tmp_path / "r.json", shapes_markdown)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["fvd"]["label"] == "FVD (kinema-shapes features, non-standard)" and data["fvd"]["standard"] is False
+    text = (tmp_path / "r.md").read_text()
+    assert "non-standard" in text and "real clips (reference)" in text and "Warning" not in text
+    from PIL import Image
+
+    assert Image.open(paths["contact_sheet"]).size[1] > 4 * 64
+    with pytest.raises(KinemaError, match="ending in .json"):
+        write_report(report, sheet, tmp_path / "r.txt", shapes_markdown)
+
+
+# ----------------------------------------------------------------------------- the within-frame reference
+
+
+def test_within_frame_dit_equals_attention_restricted_to_each_frame():
+    from kinema.models.dit import DiT, dit_tiny
+
+    torch.manual_seed(0)
+    model = DiT(dit_tiny(latent_channels=4, text_dim=32)).eval()
+    for p in model.head.parameters():  # the head is zero-initialised; give it weights so outputs differ
+        torch.nn.init.normal_(p, std=0.5)
+    x, t = torch.randn(2, 9, 3, 4, 4), torch.tensor([500.0, 20.0])
+    context, mask = torch.randn(2, 5, 32), torch.tensor([[True] * 5, [True, True, True, False, False]])
+    ours = WithinFrame(model)(x, t, context, mask)
+
+    reference = DiT(model.config).eval()
+    reference.load_state_dict(model.state_dict())
+    for block in reference.blocks:
+        assert block.kind == "full"  # DiTBlock.kind: which tokens its self-attention mixes
+        block.kind = "spatial"  # every block attends within its frame only
+    with torch.no_grad():
+        expected = reference(x, t, context, mask)
+        full = model(x, t, context, mask)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    assert not torch.allclose(full, expected, atol=1e-3)  # the full model does mix frames
+
+
+def test_within_frame_unet_frames_do_not_see_each_other():
+    from kinema.models.unet3d import UNet3D, unet_tiny
+
+    torch.manual_seed(0)
+    model = UNet3D(unet_tiny(latent_channels=4, text_dim=32)).eval()
+    for p in model.parameters():  # zero-initialised outputs and temporal layers would hide any mixing
+        torch.nn.init.normal_(p, std=0.1)
+    x, t, context = torch.randn(1, 9, 3, 8, 8), torch.tensor([300.0]), torch.randn(1, 4, 32)
+    changed = x.clone()
+    changed[:, :, 2] += 1.0
+    with torch.no_grad():
+        a, b = WithinFrame(model)(x, t, context), WithinFrame(model)(changed, t, context)
+        full_a, full_b = model(x, t, context), model(changed, t, context)
+    assert torch.equal(a[:, :, :2], b[:, :, :2]) and not torch.allclose(a[:, :, 2], b[:, :, 2])
+    assert not torch.allclose(full_a[:, :, :2], full_b[:, :, :2])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    from kinema.diffusion import FlowMatching
+    from kinema.models.dit import DiT, dit_tiny
+    from kinema.models.text import TextEncoder, text_tiny
+    from kinema.models.vae import VideoVAE, vae_tiny
+    from kinema.pipelines import Pipeline, SamplingSettings
+
+    torch.manual_seed(0)
+    pipe = Pipeline(
+        vae=VideoVAE(vae_tiny()), denoiser=DiT(dit_tiny(latent_channels=4, text_dim=32)),
+        text_encoder=TextEncoder(text_tiny()), process=FlowMatching(),
+        settings=SamplingSettings(steps=1, guidance=1.0, num_frames=5, height=64, width=64),
+    )  # fmt: skip
+    return pipe.save(tmp_path_factory.mktemp("pipe") / "tiny")
+
+
+def test_eval_shapes_command_end_to_end(tiny_pipeline, tmp_path, capsys):
+    from kinema.cli import main
+
+    out, videos = tmp_path / "report.json", tmp_path / "clips"
+    main(["eval", "shapes", "--model", str(tiny_pipeline), "--n", "2", "--split", "heldout", "--steps", "1",
+          "--out", str(out), "--save-videos", str(videos)])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["kind"] == "kinema-eval-shapes" and report["split"] == "heldout" and report["n"] == 2
+    assert [r["name"] for r in report["rows"]] == ["model", "within_frame", "real"]
+    for row in report["rows"]:
+        assert set(row["accuracy"]) == {"colour", "shape", "motion", "size", "joint"}
+        assert all(len(p["ci95"]) == 2 and p["n"] == 2 for p in row["accuracy"].values())
+        assert row["flicker"] >= 0 and row["fvd"] is not None
+    real = report["rows"][-1]
+    assert real["accuracy"]["joint"]["rate"] == 1.0 and real["present_all_frames"]["rate"] == 1.0
+    assert report["rows"][0]["seconds_per_clip"] > 0 and report["fvd"]["standard"] is False
+    assert report["settings"]["steps"] == 1 and report["clip"] == {"frames": 5, "size": 64, "probed_frames": 5}
+    for key in ("json", "markdown", "contact_sheet"):
+        assert (tmp_path / report["files"][key]).is_file()
+    saved = read_video(videos / "model" / "0000.mp4")
+    assert saved.metadata["prompt"] == report["clips"][0]["prompt"] and saved.num_frames == 5
+    assert (videos / "within_frame" / "0001.mp4").is_file()
+    assert "Shapes evaluation" in capsys.readouterr().out
+
+
+def test_eval_shapes_command_refuses_bad_input(tiny_pipeline, tmp_path):
+    from kinema.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "shapes", "--model", str(tiny_pipeline), "--task", "v2v", "--out", str(tmp_path / "r.json")])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "shapes", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "r.json")])
+    assert e.value.code == 2
