@@ -228,8 +228,12 @@ def test_diffusion_debug_presets_train_and_export(preset, vae_dir, tmp_path):
     result = train(load_config(preset, {"diffusion.vae_path": str(vae_dir)}), tmp_path)
     assert time.perf_counter() - t0 < 60
     assert result.step == 4 and result.pipeline == tmp_path / "pipeline"
+    from kinema.pipelines import Pipeline
+
     meta = json.loads((result.pipeline / "pipeline.json").read_text())
-    assert meta["process"]["kind"] == "flow_matching" and meta["text_encoder"] == "text_encoder"
+    assert meta["process"]["kind"] == "flow_matching" and set(meta["components"]) == {"denoiser", "text_encoder", "vae"}
+    video = Pipeline.load(result.pipeline).generate("a small red circle moving right", num_inference_steps=2, seed=0)
+    assert video.frames.shape == (5, 32, 32, 3)
     ema = weights(tmp_path, 4, "ema")
     denoiser = load_model(result.pipeline, "denoiser")
     assert_same(denoiser.state_dict(), {k[len("denoiser.") :]: v for k, v in ema.items() if k.startswith("denoiser.")})
@@ -497,3 +501,11 @@ def test_every_preset_builds():
         config = make()
         assert config.stage in ("vae", "diffusion"), name
         assert load_config(name) == config
+
+
+def test_vae_export_carries_measured_latent_stats(vae_dir):
+    from kinema.models.checkpoint import load_model
+
+    vae = load_model(vae_dir, "vae")
+    assert vae.config.latent_mean is not None and len(vae.config.latent_std) == vae.config.latent_channels
+    assert all(s > 0 for s in vae.config.latent_std)

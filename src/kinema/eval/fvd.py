@@ -28,7 +28,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -328,29 +327,18 @@ def fit(
     return losses
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_network(model: nn.Module, directory: str | os.PathLike, name: str, info: dict[str, Any]) -> Path:
     """Write `{name}.safetensors` and `{name}.json` (config and `info`) atomically into `directory`."""
-    from kinema.models.checkpoint import weights_hash
+    from kinema.atomic import atomic_write, write_json
+    from kinema.models.checkpoint import state_dict_for_saving, weights_hash
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / f"{name}.safetensors"
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic(weights, lambda tmp: save_file(state, tmp))
+    state = state_dict_for_saving(model)
+    atomic_write(weights, lambda tmp: save_file(state, tmp))
     meta = {"config": cfg.to_dict(model.config), "sha256": weights_hash(weights), **info}
-    _atomic(directory / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    write_json(directory / f"{name}.json", meta)
     return weights
 
 

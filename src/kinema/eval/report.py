@@ -7,51 +7,35 @@ the Markdown is made from the JSON alone, so the two cannot disagree.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kinema import atomic
+
 PASS_RGB = (40, 190, 70)
 FAIL_RGB = (220, 50, 50)
 UNJUDGED_RGB = (110, 110, 110)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     """Write `data` as indented JSON (NaN and infinities refused: they are not JSON)."""
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    return _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    return atomic.write_json(path, data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    return _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    return atomic.write_text(path, text)
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     """image: uint8 (H, W, 3)."""
     from PIL import Image
 
-    return _atomic_write(Path(path), lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    return atomic.atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 # ----------------------------------------------------------------------------- formatting

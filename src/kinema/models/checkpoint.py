@@ -13,7 +13,6 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kinema import config as cfg
+from kinema.atomic import atomic_write, write_json
 from kinema.errors import KinemaError
 
 # "kind" in the JSON -> (module, class). The class has `config_class` and takes its config.
@@ -47,19 +47,6 @@ def model_class(kind: str) -> type[nn.Module]:
     return getattr(importlib.import_module(module), name)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     """Contiguous, de-aliased tensors (safetensors refuses shared storage)."""
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
@@ -78,9 +65,9 @@ def save_model(model: nn.Module, directory: str | os.PathLike, name: str = "mode
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / f"{name}.safetensors"
-    _atomic_write(weights, lambda tmp: save_file(state_dict_for_saving(model), tmp))
+    atomic_write(weights, lambda tmp: save_file(state_dict_for_saving(model), tmp))
     meta = {"kind": model_kind(model), "config": cfg.to_dict(model.config), "sha256": weights_hash(weights), **(extra or {})}
-    _atomic_write(directory / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    write_json(directory / f"{name}.json", meta)
     return weights
 
 

@@ -31,6 +31,15 @@ _GOLDEN = 0x9E3779B97F4A7C15
 _MIX = 0xBF58476D1CE4E5B9
 
 
+def dataset_for(config: Any) -> Any:
+    """The dataset a TrainConfig's `data` section names (built-in name or manifest path)."""
+    from kinema.data import get_dataset
+
+    d = config.data
+    extra = {k: v for k, v in (("fps", d.fps), ("length", d.length)) if v is not None}
+    return get_dataset(d.dataset, size=d.size, frames=d.frames, **extra)
+
+
 def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers (splitmix-style), so nearby inputs give unrelated streams."""
     h = 0

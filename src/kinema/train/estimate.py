@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from kinema.train.config import TrainConfig
-from kinema.train.data import Items, Pick, SampleRandom, collate
+from kinema.train.data import Items, Pick, SampleRandom, collate, dataset_for
 from kinema.train.stages import STAGES
 
 
@@ -43,10 +43,7 @@ def estimate(config: TrainConfig, *, world_size: int = 1, probe: int = 1, datase
     for module in frozen.values():
         module.to(device)
     if dataset is None:
-        from kinema.data import get_dataset
-
-        extra = {k: v for k, v in (("fps", config.data.fps), ("length", config.data.length)) if v is not None}
-        dataset = get_dataset(config.data.dataset, size=config.data.size, frames=config.data.frames, **extra)
+        dataset = dataset_for(config)
     batch = collate([Items(dataset)[Pick(i % len(dataset), -1, i)] for i in range(probe)])
     group = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["groups"][0].items()}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")

@@ -32,12 +32,13 @@ from kinema.train import checkpoint as ckpt
 from kinema.train import distributed
 from kinema.train.cache import LatentCache
 from kinema.train.config import TrainConfig, learned_hash, resume_conflicts
-from kinema.train.data import Items, SampleRandom, StepBatches, loader, log
+from kinema.train.data import Items, SampleRandom, StepBatches, dataset_for, loader, log
 from kinema.train.distributed import World
 from kinema.train.ema import EMA
 from kinema.train.observe import Meter, Observer, peak_memory_mb
 from kinema.train.schedule import lr_at, set_lr
-from kinema.train.stages import STAGES, write_json, write_pipeline
+from kinema.atomic import write_json
+from kinema.train.stages import STAGES, write_pipeline
 
 
 class Result(NamedTuple):
@@ -146,10 +147,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, *, resume: bool, da
 
     # ---- data ------------------------------------------------------------------------------------------------
     if dataset is None:
-        from kinema.data import get_dataset
-
-        extra = {k: v for k, v in (("fps", d.fps), ("length", d.length)) if v is not None}
-        dataset = get_dataset(d.dataset, size=d.size, frames=d.frames, **extra)
+        dataset = dataset_for(config)
     n = len(dataset)  # type: ignore[arg-type]
     if n < d.batch_size:
         raise KinemaError(

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from kinema.atomic import atomic_write
+
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process: CUDA allocator peak on a GPU, else the max resident set size."""
@@ -184,9 +186,7 @@ def draw_loss_curve(points: list[tuple[int, float]], path: Path, *, size: tuple[
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(30, 90, 200))
     draw.text((left + 5, top + 3), "loss (log scale)" if log_y else "loss", fill="black")
     draw.text((W - right - 40, H - 15), "step", fill="black")
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def write_clip(video: torch.Tensor, path: Path, *, fps: float) -> Path:

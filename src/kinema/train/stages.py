@@ -14,7 +14,6 @@ clips written to disk) and `export` (the pipeline directory).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from kinema import config as cfg
+from kinema.atomic import write_json
 from kinema.errors import KinemaError
 from kinema.models.checkpoint import load_model, save_model
 from kinema.train.config import TrainConfig
@@ -86,7 +86,21 @@ def preview_vae(model: nn.Module, frozen: Frozen, config: TrainConfig, dataset: 
         )
 
 
+LATENT_STATS_CLIPS = 64
+"""How many training clips the exported VAE's per-channel latent mean and std are measured on."""
+
+
 def export_vae(model: nn.Module, frozen: Frozen, config: TrainConfig, directory: Path) -> None:
+    """The VAE with its latent statistics measured on the first training clips, so `encode` is normalised."""
+    from kinema.models.vae import measure_latent_stats
+    from kinema.train.data import dataset_for
+
+    dataset = dataset_for(config)
+    clips = [dataset[i]["video"] for i in range(min(LATENT_STATS_CLIPS, len(dataset)))]
+    device = next(model.parameters()).device
+    batches = (torch.stack(clips[i : i + 8]).to(device) for i in range(0, len(clips), 8))
+    with torch.no_grad():
+        model = model.with_latent_stats(*measure_latent_stats(model, batches))
     save_model(model, directory, "vae")
     write_json(directory / "pipeline.json", {"kind": "vae", "vae": "vae", "video": video_settings(config)})
 
@@ -288,13 +302,6 @@ def export_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, dire
 
 def video_settings(config: TrainConfig) -> dict[str, Any]:
     return {"frames": config.data.frames, "size": config.data.size, "fps": config.sample.fps}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """JSON written atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def write_pipeline(stage: Stage, model: nn.Module, frozen: Frozen, config: TrainConfig, out_dir: Path) -> Path:
