@@ -8,8 +8,7 @@ space and decodes to video. See DESIGN.md for the package map.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kinema.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -25,8 +24,4 @@ _EXPORTS = {
 
 __all__ = [*_EXPORTS, "__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'kinema' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -5,36 +5,31 @@ Pure functions and small frozen values; no scheduler objects. The one convention
 Modules: `processes`, `samplers`, `guidance`, `conditioning`; the names below are re-exported lazily.
 """
 
-import importlib
-from typing import Any
+from kinema.lazy import lazy_getattr
 
 _EXPORTS = {
-    "FlowMatching": "processes",
-    "VPDiffusion": "processes",
-    "Process": "processes",
-    "model_to_denoiser": "processes",
-    "training_loss": "processes",
-    "process_to_dict": "processes",
-    "process_from_dict": "processes",
-    "sample": "samplers",
-    "guided": "guidance",
-    "Conditioning": "conditioning",
-    "ConditioningMix": "conditioning",
-    "channels": "conditioning",
-    "num_channels": "conditioning",
-    "paste_known": "conditioning",
-    "sample_conditioning": "conditioning",
-    "text_to_video": "conditioning",
-    "image_to_video": "conditioning",
-    "interpolation": "conditioning",
-    "extension": "conditioning",
-    "inpainting": "conditioning",
+    "FlowMatching": ".processes",
+    "VPDiffusion": ".processes",
+    "Process": ".processes",
+    "model_to_denoiser": ".processes",
+    "training_loss": ".processes",
+    "process_to_dict": ".processes",
+    "process_from_dict": ".processes",
+    "sample": ".samplers",
+    "guided": ".guidance",
+    "Conditioning": ".conditioning",
+    "ConditioningMix": ".conditioning",
+    "channels": ".conditioning",
+    "num_channels": ".conditioning",
+    "paste_known": ".conditioning",
+    "sample_conditioning": ".conditioning",
+    "text_to_video": ".conditioning",
+    "image_to_video": ".conditioning",
+    "interpolation": ".conditioning",
+    "extension": ".conditioning",
+    "inpainting": ".conditioning",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"kinema.diffusion.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'kinema.diffusion' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

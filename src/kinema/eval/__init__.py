@@ -11,32 +11,27 @@ Modules:
 The names below are imported on first use, so `import kinema.eval` stays cheap.
 """
 
-import importlib
-from typing import Any
+from kinema.lazy import lazy_getattr
 
 _EXPORTS = {
-    "probe": "shapes_probe",
-    "score": "shapes_probe",
-    "parse_caption": "shapes_probe",
-    "psnr": "metrics",
-    "ssim": "metrics",
-    "flicker": "metrics",
-    "wilson_interval": "metrics",
-    "evaluate_vae": "metrics",
-    "frechet_distance": "fvd",
-    "feature_extractor": "fvd",
-    "score_digits": "digits",
-    "evaluate_digits": "digits",
-    "evaluate_shapes": "shapes_eval",
-    "GenerationSettings": "shapes_eval",
-    "TASKS": "shapes_eval",
-    "write_report": "report",
+    "probe": ".shapes_probe",
+    "score": ".shapes_probe",
+    "parse_caption": ".shapes_probe",
+    "psnr": ".metrics",
+    "ssim": ".metrics",
+    "flicker": ".metrics",
+    "wilson_interval": ".metrics",
+    "evaluate_vae": ".metrics",
+    "frechet_distance": ".fvd",
+    "feature_extractor": ".fvd",
+    "score_digits": ".digits",
+    "evaluate_digits": ".digits",
+    "evaluate_shapes": ".shapes_eval",
+    "GenerationSettings": ".shapes_eval",
+    "TASKS": ".shapes_eval",
+    "write_report": ".report",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"kinema.eval.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'kinema.eval' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -10,19 +10,14 @@ directory format: save, load, validation), `tasks` (one thin function per task),
 The names below are imported on first use, so `import kinema.pipelines` stays cheap.
 """
 
-import importlib
-from typing import Any
+from kinema.lazy import lazy_getattr
 
 _EXPORTS = {
-    "Pipeline": "pipeline",
-    "SamplingSettings": "pipeline",
-    "shipped_pipelines": "storage",
+    "Pipeline": ".pipeline",
+    "SamplingSettings": ".pipeline",
+    "shipped_pipelines": ".storage",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"kinema.pipelines.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'kinema.pipelines' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -9,22 +9,17 @@ samples), `checkpoint`, `ema`, `schedule`, `distributed`, `cache`, `observe`, `e
 The names below are imported on first use.
 """
 
-import importlib
-from typing import Any
+from kinema.lazy import lazy_getattr
 
 _EXPORTS = {
-    "train": "loop",
-    "Result": "loop",
-    "TrainConfig": "config",
-    "load_config": "presets",
-    "PRESETS": "presets",
-    "estimate": "estimate",
+    "train": ".loop",
+    "Result": ".loop",
+    "TrainConfig": ".config",
+    "load_config": ".presets",
+    "PRESETS": ".presets",
+    "estimate": ".estimate",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"kinema.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'kinema.train' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
