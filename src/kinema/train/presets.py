@@ -175,11 +175,12 @@ def _read_config_file(path: Path) -> dict:
     try:
         if path.suffix == ".json":
             return json.loads(path.read_text())
-        import tomllib
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: the same parser, from PyPI (a dependency there)
+            import tomli as tomllib
 
         return tomllib.loads(path.read_text())
-    except ImportError:
-        raise KinemaError("TOML configs need Python 3.11+ (tomllib); use a .json config instead") from None
     except ValueError as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise KinemaError(f"{path}: cannot parse the config ({e})") from None
 
