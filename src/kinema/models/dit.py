@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from kinema.errors import KinemaError
+from kinema.nn.checks import check_conditioning
 from kinema.nn import (
     MLP,
     LayerNorm32,
@@ -352,18 +353,7 @@ class DiT(nn.Module):
                 f"DiT input T, H, W = {tuple(sizes)} must be multiples of the patch size {c.patch_size}; "
                 "choose a clip size whose latents divide by it"
             )
-        if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] != x.shape[0]):
-            raise KinemaError(f"timestep must be (B,) = ({x.shape[0]},) or a scalar, got {tuple(timestep.shape)}")
-        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != c.text_dim:
-            raise KinemaError(
-                f"context must be (B, Lc, text_dim) = ({x.shape[0]}, Lc, {c.text_dim}), got {tuple(context.shape)}; "
-                "check that the text encoder's width matches the config's text_dim"
-            )
-        if context_mask is not None and (context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]):
-            raise KinemaError(
-                f"context_mask must be bool (B, Lc) = {tuple(context.shape[:2])}, "
-                f"got {context_mask.dtype} {tuple(context_mask.shape)}"
-            )
+        check_conditioning("DiT", x.shape[0], timestep, context, context_mask, c.text_dim)
         return tuple(n // p for n, p in zip(sizes, c.patch_size))  # type: ignore[return-value]
 
     def flops(self, x_shape: tuple[int, ...], context_len: int) -> int:

@@ -44,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kinema.errors import KinemaError
 from kinema.nn.attention import attention
+from kinema.nn.checks import check_conditioning
 from kinema.nn.embed import TimestepEmbedder
 from kinema.nn.modulation import modulate
 from kinema.nn.norm import LayerNorm32
@@ -442,18 +443,7 @@ class UNet3D(nn.Module):
                 f"UNet3D input H x W = {height} x {width} must be multiples of {f} (the U-Net has "
                 f"{len(cfg.channel_mult)} levels); choose a frame size whose latents are multiples of {f}"
             )
-        if timestep.shape not in ((b,), ()):
-            raise KinemaError(f"UNet3D timestep must be (B,) = ({b},) or a scalar, got {tuple(timestep.shape)}")
-        if context.ndim != 3 or context.shape[0] != b or context.shape[2] != cfg.text_dim:
-            raise KinemaError(
-                f"UNet3D context must be (B, L, text_dim) = ({b}, L, {cfg.text_dim}), got {tuple(context.shape)}; "
-                "check that the text encoder's width matches the config's text_dim"
-            )
-        if context_mask is not None and (context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]):
-            raise KinemaError(
-                f"UNet3D context_mask must be bool (B, L) = {tuple(context.shape[:2])}, "
-                f"got {context_mask.dtype} {tuple(context_mask.shape)}"
-            )
+        check_conditioning("UNet3D", b, timestep, context, context_mask, cfg.text_dim)
 
     # ------------------------------------------------------------------------- from an image U-Net
 
