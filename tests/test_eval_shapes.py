@@ -98,6 +98,30 @@ def test_extension_probes_the_last_window():
     assert acc["colour"]["rate"] == 1.0 and acc["shape"]["rate"] == 1.0 and acc["motion"]["rate"] < 1.0
 
 
+def test_grid_covers_every_combination_of_the_split_at_both_sizes():
+    from kinema.data.shapes import HELDOUT_COMBOS
+    from kinema.eval.report import percent
+
+    report, _ = evaluate_shapes(
+        Renderer(shape="square"), model="renderer", split="heldout", per_combination=2,
+        variants=[("model", "model", Renderer(shape="square"))],
+    )  # fmt: skip
+    assert report["n"] == len(HELDOUT_COMBOS) * 2 * 2 == len(report["clips"]) and report["per_combination"] == 2
+    asked = [parse_caption(c["prompt"]) for c in report["clips"]]
+    combos = {(a["colour"], a["shape"], a["motion"]) for a in asked}
+    assert len(combos) == len(HELDOUT_COMBOS)
+    assert sum(a["size"] == "small" for a in asked) == sum(a["size"] == "large" for a in asked) == 30
+    model = rows(report)["model"]
+    squares = sum(a["shape"] == "square" for a in asked)
+    assert model["accuracy"]["joint"]["k"] == squares  # only prompts that asked for a square pass
+    by_size = model["joint_by_size"]
+    assert by_size["small"]["n"] == by_size["large"]["n"] == 30 and by_size["small"]["k"] + by_size["large"]["k"] == squares
+    assert "every combination of the split at both sizes, 2 each" in shapes_markdown(report)
+    assert percent(by_size["small"]) in shapes_markdown(report)
+    with pytest.raises(KinemaError, match="per-combination must be an int >= 1"):
+        evaluate_shapes(Renderer(), per_combination=0)
+
+
 def test_tasks_are_data():
     assert set(TASKS) == {"t2v", "i2v", "extend"}
     assert TASKS["i2v"].first_frame_psnr and TASKS["extend"].probe_last and not TASKS["t2v"].probe_last

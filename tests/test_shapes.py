@@ -217,7 +217,7 @@ def test_render_refuses_attributes_from_another_canvas():
 def test_bad_settings_raise_kinema_error():
     with pytest.raises(KinemaError, match="split must be one of train, heldout, all"):
         ShapesDataset(split="test")
-    with pytest.raises(KinemaError, match="objects must be 1 or 2"):
+    with pytest.raises(KinemaError, match="objects must be 1, 2 or a tuple"):
         ShapesDataset(objects=3)
     with pytest.raises(KinemaError, match="size"):
         ShapesDataset(size=8)
@@ -241,10 +241,24 @@ def test_get_dataset_resolves_names_and_refuses_others():
     one, two = get_dataset("shapes", size=32, frames=5), get_dataset("shapes2", size=32, frames=5)
     assert isinstance(one, ShapesDataset) and one.objects == 1 and two.objects == 2
     assert " and " in two[0]["caption"] and " and " not in one[0]["caption"]
-    with pytest.raises(KinemaError, match="shapes, shapes2, digits"):
+    with pytest.raises(KinemaError, match="shapes, shapes2, shapes-mixed, digits"):
         get_dataset("cifar")
     with pytest.raises(KinemaError, match="does not take objects"):
         get_dataset("shapes2", objects=1)
+
+
+def test_mixed_object_counts_reuse_the_fixed_count_clips():
+    mixed = get_dataset("shapes-mixed", size=32, frames=5, length=60)
+    fixed = {n: ShapesDataset(size=32, frames=5, length=60, objects=n) for n in (1, 2)}
+    counts = []
+    for i in range(60):
+        n = len(mixed.attributes(i))
+        counts.append(n)
+        assert mixed.caption(i) == fixed[n].caption(i)
+        assert torch.equal(mixed[i]["video"], fixed[n][i]["video"])
+    assert 30 <= counts.count(1) <= 50 and counts.count(2) >= 10  # (1, 1, 2): about two in three single
+    with pytest.raises(KinemaError, match=r"tuple of them"):
+        ShapesDataset(objects=(1, 3))
 
 
 def test_get_dataset_routes_manifests_to_folder_dataset(tmp_path):

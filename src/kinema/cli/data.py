@@ -13,7 +13,7 @@ from kinema.cli import app
 data_app = typer.Typer(help="Preview, export and inspect datasets (built-in or your own manifest).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-DATASET_HELP = "shapes, shapes2 (two objects), digits (moving MNIST digits), or a path to a .csv/.jsonl manifest"
+DATASET_HELP = "shapes, shapes2 (two objects), shapes-mixed (one or two), digits (moving MNIST digits), or a path to a .csv/.jsonl manifest"
 
 
 def _dataset(name: str, *, size: int, frames: int, split: str | None, seed: int):

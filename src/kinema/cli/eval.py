@@ -1,6 +1,6 @@
 """`kinema eval ...`: measure a model (shapes, digits, VAE reconstructions) and train the small eval networks.
 
-    kinema eval shapes --model PIPELINE [--n 64] [--split heldout] [--task t2v|i2v|extend] [--out report.json]
+    kinema eval shapes --model PIPELINE [--n 64 | --per-combination 4] [--split heldout] [--task t2v|i2v|extend] [--out report.json]
     kinema eval digits --model PIPELINE [--n 32] [--out digits.json]
     kinema eval vae --model VAE_OR_PIPELINE --data shapes [--n 32] [--out vae.json]
     kinema eval train-digit-classifier --out DIR
@@ -56,8 +56,9 @@ def _progress(message: str) -> None:
 @eval_app.command()
 def shapes(
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
-    n: int = typer.Option(64, "--n", min=2, help="Prompts (clips per row)."),
+    n: int = typer.Option(64, "--n", min=2, help="Prompts (clips per row), drawn at random from the split."),
     split: str = typer.Option("all", "--split", help="Prompts from: train, heldout (combinations never trained on) or all."),
+    per_combination: int = typer.Option(None, "--per-combination", min=1, help="Instead of --n random prompts: every combination of the split at both sizes, this many clips each."),
     task: str = typer.Option("t2v", "--task", help="t2v (text), i2v (text + the real first frame), extend (the real clip continued to 4x its length)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the pipeline's)."),
     sampler: str = typer.Option(None, "--sampler", help="Sampler (default: the pipeline's): euler, heun, dpmpp_2m, ddim, ddpm, ..."),
@@ -77,7 +78,8 @@ def shapes(
     settings = _settings(steps, sampler, guidance, seed)
     pipe = _load_pipeline(model, device, precision)
     report, sheet = evaluate_shapes(
-        pipe, model=model, n=n, split=split, task=task, settings=settings, i3d=i3d, save_videos=save_videos, progress=_progress
+        pipe, model=model, n=n, split=split, task=task, settings=settings, i3d=i3d, save_videos=save_videos,
+        progress=_progress, per_combination=per_combination,
     )
     paths = write_report(report, sheet, out, shapes_markdown)
     typer.echo(shapes_markdown(report))
@@ -116,7 +118,7 @@ def digits(
 @eval_app.command()
 def vae(
     model: str = typer.Option(..., "--model", help="A VAE directory (save_model(vae, DIR, 'vae')) or a pipeline directory."),
-    data: str = typer.Option(..., "--data", help="shapes, shapes2, digits, or a .csv/.jsonl manifest of your clips."),
+    data: str = typer.Option(..., "--data", help="shapes, shapes2, shapes-mixed, digits, or a .csv/.jsonl manifest of your clips."),
     n: int = typer.Option(32, "--n", min=1, help="Clips to reconstruct."),
     size: int = typer.Option(64, "--size", help="Frame size in pixels (a multiple of the VAE's spatial factor)."),
     frames: int = typer.Option(17, "--frames", help="Frames per clip (1 + k * the VAE's temporal factor)."),

@@ -13,7 +13,7 @@ from kinema.data.digits import MovingDigitsDataset
 from kinema.data.shapes import ShapesDataset
 from kinema.errors import KinemaError
 
-DATASET_NAMES: tuple[str, ...] = ("shapes", "shapes2", "digits")
+DATASET_NAMES: tuple[str, ...] = ("shapes", "shapes2", "shapes-mixed", "digits")
 """Built-in dataset names accepted by `get_dataset` (besides a manifest path)."""
 MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl")
 
@@ -30,7 +30,8 @@ def __getattr__(name: str) -> Any:
 
 
 def get_dataset(name_or_manifest: str, **kw: Any) -> Any:
-    """The dataset named `shapes` (one object), `shapes2` (two objects), `digits`
+    """The dataset named `shapes` (one object), `shapes2` (two objects), `shapes-mixed`
+    (one object in two clips of three, two in the third), `digits`
     (moving MNIST digits), or a FolderDataset for a `.csv` / `.jsonl` manifest path.
 
     Keyword arguments go to the dataset (size, frames, split, ...); one it does
@@ -42,6 +43,8 @@ def get_dataset(name_or_manifest: str, **kw: Any) -> Any:
         cls, fixed = ShapesDataset, {"objects": 1}
     elif name == "shapes2":
         cls, fixed = ShapesDataset, {"objects": 2}
+    elif name == "shapes-mixed":
+        cls, fixed = ShapesDataset, {"objects": (1, 1, 2)}
     elif name == "digits":
         cls, fixed = MovingDigitsDataset, {}
     elif name.lower().endswith(MANIFEST_SUFFIXES):

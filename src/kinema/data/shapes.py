@@ -223,6 +223,9 @@ class ShapesDataset(Dataset):
     `split`: "train" never shows a held-out (colour, shape, motion) in any
     object slot; "heldout" shows only held-out combinations (with two objects,
     at least one slot is held out); "all" draws from all 120.
+    `objects`: 1 or 2 objects per clip, or a tuple of counts that each clip draws
+    from uniformly: (1, 1, 2) gives one object in two clips of three. A drawn
+    count n gives the same clip as `objects=n` at that index.
     """
 
     def __init__(
@@ -230,7 +233,7 @@ class ShapesDataset(Dataset):
         size: int = 64,
         frames: int = 17,
         split: str = "train",
-        objects: int = 1,
+        objects: int | tuple[int, ...] = 1,
         length: int = 10000,
         seed: int = 0,
         fps: float = 8,
@@ -241,8 +244,9 @@ class ShapesDataset(Dataset):
             raise KinemaError(f"frames must be an int >= 1 (17 = 1 + 4k by default), got {frames!r}")
         if split not in SPLITS:
             raise KinemaError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-        if objects not in (1, 2):
-            raise KinemaError(f"objects must be 1 or 2, got {objects!r}")
+        counts = objects if isinstance(objects, tuple) else (objects,)
+        if not counts or any(n not in (1, 2) for n in counts):
+            raise KinemaError(f"objects must be 1, 2 or a tuple of them such as (1, 1, 2), got {objects!r}")
         if not isinstance(length, int) or length < 1:
             raise KinemaError(f"length must be an int >= 1, got {length!r}")
         if not isinstance(seed, int) or seed < 0:
@@ -263,8 +267,12 @@ class ShapesDataset(Dataset):
     def attributes(self, index: int) -> list[dict[str, Any]]:
         """Ground truth of item `index`: one dict per object (names, indices, start, velocity, ...)."""
         index = self._check_index(index)
-        rng = np.random.default_rng((self.seed, index, self.objects, SPLITS.index(self.split)))
-        combos = self._draw_combos(rng)
+        split = SPLITS.index(self.split)
+        objects = self.objects
+        if isinstance(objects, tuple):  # its own stream, so a drawn count n reproduces the objects=n clip
+            objects = objects[np.random.default_rng((self.seed, index, 0, split)).integers(len(objects))]
+        rng = np.random.default_rng((self.seed, index, objects, split))
+        combos = self._draw_combos(rng, objects)
         out = []
         for c, s, m in combos:
             z = int(rng.integers(len(SIZES)))
@@ -277,8 +285,8 @@ class ShapesDataset(Dataset):
             )
         return out
 
-    def _draw_combos(self, rng: np.random.Generator) -> list[tuple[int, int, int]]:
-        if self.objects == 1:
+    def _draw_combos(self, rng: np.random.Generator, objects: int) -> list[tuple[int, int, int]]:
+        if objects == 1:
             pool = {"train": TRAIN_COMBOS, "heldout": HELDOUT_COMBOS, "all": ALL_COMBOS}[self.split]
             return [pool[rng.integers(len(pool))]]
         pool = TRAIN_COMBOS if self.split == "train" else ALL_COMBOS

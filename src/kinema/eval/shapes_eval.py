@@ -264,6 +264,28 @@ def redraw(scenes: Sequence[Sequence[dict[str, Any]]], size: int, frames: int, s
     return clips
 
 
+def grid_scenes(split: str, size: int, frames: int, per_combination: int) -> list[list[dict[str, Any]]]:
+    """Every (colour, shape, motion) of `split` at both sizes, `per_combination` scenes each, one object.
+
+    Each scene's start and speed are drawn from its own stream, seeded by (PROMPT_SEED, combination, size, k).
+    """
+    from kinema.data.shapes import ALL_COMBOS, HELDOUT_COMBOS, SIZES, TRAIN_COMBOS, make_object
+
+    combos = {"train": TRAIN_COMBOS, "heldout": HELDOUT_COMBOS, "all": ALL_COMBOS}[split]
+    scenes = []
+    for c, s, m in combos:
+        for z in range(len(SIZES)):
+            for k in range(per_combination):
+                rng = np.random.default_rng((PROMPT_SEED, c, s, m, z, k))
+                u, v, distance = rng.random(3)
+                scenes.append([
+                    make_object(
+                        colour=c, shape=s, size=z, motion=m, canvas=size, frames=frames, start=(u, v), distance=distance
+                    )
+                ])  # fmt: skip
+    return scenes
+
+
 def summarize_shapes(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy per attribute and joint (with 95% Wilson intervals), presence and area CV of probed clips."""
     from kinema.eval.metrics import proportion
@@ -300,8 +322,12 @@ def evaluate_shapes(
     save_videos: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     variants: Sequence[tuple[str, str, Any]] | None = None,
+    per_combination: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate `pipe` (named `model` in the report) on `n` prompts of the shapes `split`.
+
+    per_combination: instead of `n` random prompts, every combination of the split at both sizes,
+    this many clips each (`grid_scenes`); n is then their number.
 
     Returns (report, sheet) for `kinema.eval.report.write_report(report, sheet, out, shapes_markdown)`.
 
@@ -309,7 +335,7 @@ def evaluate_shapes(
     sheet: the model's probed clips, prompts and pass/fail for the contact sheet.
     variants: the generated rows as (name, label, pipeline); default `model_rows(pipe)`.
     """
-    from kinema.data.shapes import SPLITS, ShapesDataset, caption_for, render_clip
+    from kinema.data.shapes import SIZES, SPLITS, ShapesDataset, caption_for, render_clip
     from kinema.eval.fvd import feature_extractor, fvd_from_features
     from kinema.eval.metrics import psnr
     from kinema.eval.shapes_probe import score
@@ -318,7 +344,9 @@ def evaluate_shapes(
     settings = settings or GenerationSettings()
     if split not in SPLITS:
         raise KinemaError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not isinstance(n, int) or n < 2:
+    if per_combination is not None and (not isinstance(per_combination, int) or per_combination < 1):
+        raise KinemaError(f"--per-combination must be an int >= 1, got {per_combination!r}")
+    if per_combination is None and (not isinstance(n, int) or n < 2):
         raise KinemaError(f"--n must be an int >= 2 (FVD needs two clips), got {n!r}")
     size, frames = pipe.settings.height, pipe.settings.num_frames
     if pipe.settings.width != size:
@@ -326,8 +354,13 @@ def evaluate_shapes(
     if size < 64:
         raise KinemaError(f"the shapes probe needs clips of at least 64x64 pixels (SHAPES.md); the pipeline makes {size}x{size}")
 
-    data = ShapesDataset(size=size, frames=frames, split=split, objects=1, length=n, seed=PROMPT_SEED)
-    scenes = [data.attributes(i) for i in range(n)]
+    if per_combination is None:
+        data = ShapesDataset(size=size, frames=frames, split=split, objects=1, length=n, seed=PROMPT_SEED)
+        scenes = [data.attributes(i) for i in range(n)]
+    else:
+        scenes = grid_scenes(split, size, frames, per_combination)
+        n = len(scenes)
+    sizes = [objects[0]["size"] for objects in scenes]
     prompts = [caption_for(objects) for objects in scenes]
     reals = [render_clip(objects, size, frames) for objects in scenes]
     extractor = feature_extractor(i3d)
@@ -337,8 +370,9 @@ def evaluate_shapes(
     def row(name: str, label: str, clips: list[np.ndarray], against: torch.Tensor, **extra: Any) -> tuple[dict[str, Any], list]:
         scores = [score(clip, prompt) for clip, prompt in zip(clips, prompts)]
         batch = as_batch(clips)
+        by_size = {z: summarize_shapes([s for s, zz in zip(scores, sizes) if zz == z])["accuracy"]["joint"] for z in SIZES}
         summary = {
-            "name": name, "label": label, **summarize_shapes(scores), "flicker": _temporal(batch),
+            "name": name, "label": label, **summarize_shapes(scores), "joint_by_size": by_size, "flicker": _temporal(batch),
             "fvd": fvd_from_features(against, extractor(batch)), **extra,
         }  # fmt: skip
         return summary, scores
@@ -378,6 +412,7 @@ def evaluate_shapes(
         "task": {"name": eval_task.name, "description": eval_task.description},
         "split": split,
         "n": n,
+        "per_combination": per_combination,
         "clip": {"frames": frames, "size": size, "probed_frames": frames},
         "settings": {
             "steps": settings.steps or pipe.settings.steps, "sampler": settings.sampler or pipe.settings.sampler,
@@ -402,6 +437,13 @@ def _brief(s: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _prompts_line(report: dict[str, Any]) -> str:
+    k = report.get("per_combination")
+    if k is None:
+        return f"{report['n']} random prompts"
+    return f"{report['n']} prompts (every combination of the split at both sizes, {k} each)"
+
+
 def shapes_markdown(report: dict[str, Any]) -> str:
     """The Markdown summary of a shapes report."""
     from kinema.eval.report import markdown_table, number, percent
@@ -414,6 +456,8 @@ def shapes_markdown(report: dict[str, Any]) -> str:
         ("shape", acc("shape")),
         ("motion", acc("motion")),
         ("size", acc("size")),
+        ("joint, small", lambda r: percent(r["joint_by_size"]["small"])),
+        ("joint, large", lambda r: percent(r["joint_by_size"]["large"])),
         ("present in every frame", lambda r: percent(r["present_all_frames"])),
         ("area CV", lambda r: number(r["area_cv"], 3)),
         ("flicker (levels/frame)", lambda r: number(r["flicker"])),
@@ -427,7 +471,7 @@ def shapes_markdown(report: dict[str, Any]) -> str:
         f"# Shapes evaluation: {report['model']}",
         "",
         f"Task **{report['task']['name']}** ({report['task']['description']}), split **{report['split']}**, "
-        f"{report['n']} prompts, {report['clip']['frames']} frames of {report['clip']['size']}x{report['clip']['size']}. "
+        f"{_prompts_line(report)}, {report['clip']['frames']} frames of {report['clip']['size']}x{report['clip']['size']}. "
         f"Sampler {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}, seeds {s['seed']}..{s['seed'] + report['n'] - 1}. "
         f"Model hash `{report['model_hash']}`.",
         "",

@@ -64,7 +64,7 @@ TOKEN_GROUPS = {
 
 @dataclass(frozen=True, kw_only=True)
 class DiTConfig:
-    """Shape of a DiT; presets below (`dit_tiny`, `dit_small`, `wan_1_3b`)."""
+    """Shape of a DiT; presets below (`dit_tiny`, `dit_shapes`, `dit_small`, `wan_1_3b`)."""
 
     in_channels: int = 33
     """Input channels: noisy latents plus the timeline's conditioning (known latents and mask), 2 * latent + 1."""
@@ -126,8 +126,18 @@ def dit_tiny(*, latent_channels: int = 4, text_dim: int = 32, **overrides: Any) 
     return _preset(base, latent_channels, text_dim, overrides)
 
 
+def dit_shapes(*, latent_channels: int = 8, text_dim: int = 192, **overrides: Any) -> DiTConfig:
+    """The shipped shapes model's denoiser (~4M parameters): 64x64x17 clips -> latents 8x5x16x16 -> 320 tokens.
+
+    Sized so that training fits a few hours of a 2-core CPU and sampling a few seconds; text_dim 192
+    matches `text_shapes`.
+    """
+    base = dict(dim=192, num_heads=3, num_layers=6, ffn_dim=768, freq_dim=256)
+    return _preset(base, latent_channels, text_dim, overrides)
+
+
 def dit_small(*, latent_channels: int = 8, text_dim: int = 256, **overrides: Any) -> DiTConfig:
-    """The shapes model's denoiser (~9M parameters): 64x64x17 clips -> latents 8x5x16x16 (`vae_shapes`) -> 320 tokens.
+    """A ~9M-parameter DiT on the shapes latents (320 tokens), the size the CPU benchmarks compare.
 
     text_dim 256 matches `text_small`.
     """

@@ -204,8 +204,13 @@ def text_tiny(**overrides: Any) -> TextEncoderConfig:
     return TextEncoderConfig(**{**dict(dim=32, depth=1, num_heads=2, max_length=48), **overrides})
 
 
+def text_shapes(**overrides: Any) -> TextEncoderConfig:
+    """The shipped shapes model's encoder (dim 192, 3 layers, ~1.4M parameters); fits every shapes caption."""
+    return TextEncoderConfig(**{**dict(dim=192, depth=3, num_heads=3, max_length=128), **overrides})
+
+
 def text_small(**overrides: Any) -> TextEncoderConfig:
-    """The shapes model's encoder (dim 256, 4 layers, ~3M parameters); fits every shapes caption untruncated."""
+    """A larger encoder (dim 256, 4 layers, ~3M parameters); fits every shapes caption untruncated."""
     return TextEncoderConfig(**{**dict(dim=256, depth=4, num_heads=4, max_length=128), **overrides})
 
 
@@ -377,6 +382,7 @@ class HFTextEncoder(PromptEncoder):
 PRESETS: dict[str, Callable[..., TextEncoderConfig]] = {
     "builtin": text_small,
     "text_small": text_small,
+    "text_shapes": text_shapes,
     "text_tiny": text_tiny,
 }
 
@@ -385,7 +391,7 @@ def load_text_encoder(
     spec: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> PromptEncoder:
     """A text encoder from a spec: "hf:PATH" (a local Hugging Face encoder, frozen) or a built-in
-    preset name ("builtin" = "text_small", "text_tiny"), freshly initialised for training.
+    preset name ("builtin" = "text_small", "text_shapes", "text_tiny"), freshly initialised for training.
     """
     if spec.startswith("hf:"):
         if not spec[3:]:

@@ -33,14 +33,14 @@ def _tiny() -> dict[str, Any]:
 
 
 def _shapes() -> dict[str, Any]:
-    from kinema.models.dit import dit_small
-    from kinema.models.text import text_small
+    from kinema.models.dit import dit_shapes
+    from kinema.models.text import text_shapes
     from kinema.models.vae import vae_shapes
 
     return dict(
         vae=vae_shapes(latent_channels=8),
-        dit=dit_small(latent_channels=8, text_dim=256),
-        text=text_small(),
+        dit=dit_shapes(latent_channels=8),
+        text=text_shapes(),
         settings=SamplingSettings(sampler="euler", steps=30, guidance=4.0, num_frames=17, height=64, width=64, fps=8.0),
     )
 

@@ -98,7 +98,7 @@ class DataConfig:
     """What to train on and how it is batched."""
 
     dataset: str = "shapes"
-    """A built-in dataset ("shapes", "shapes2", "digits") or the path of a .csv/.jsonl manifest of your clips."""
+    """A built-in dataset ("shapes", "shapes2", "shapes-mixed", "digits") or the path of a .csv/.jsonl manifest of your clips."""
     size: int = 64
     """Frame size in pixels (square)."""
     frames: int = 17

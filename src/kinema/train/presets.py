@@ -1,7 +1,7 @@
 """Named training recipes, each a function returning a TrainConfig.
 
     shapes-vae       the shapes VAE: 64x64x17 clips -> latents (8, 5, 16, 16)
-    shapes-dit       a DiT on the shapes VAE's latents, built-in text encoder trained with it
+    shapes-dit       a DiT on the shapes VAE's latents, built-in text encoder trained with it (the shipped model)
     shapes-unet3d    the same with a factorized 3D U-Net
     *-debug          tiny versions (32x32x5 clips, tiny models, a few steps) for tests and smoke runs
 
@@ -19,8 +19,8 @@ from typing import Callable
 from kinema.diffusion.conditioning import ConditioningMix
 from kinema.diffusion.processes import FlowMatching
 from kinema.errors import KinemaError
-from kinema.models.dit import dit_small, dit_tiny
-from kinema.models.text import text_small, text_tiny
+from kinema.models.dit import dit_shapes, dit_tiny
+from kinema.models.text import TextEncoderConfig, text_shapes, text_small, text_tiny
 from kinema.models.unet3d import unet_shapes, unet_tiny
 from kinema.models.vae import vae_shapes, vae_tiny
 from kinema.models.vae_loss import VAELossConfig
@@ -59,36 +59,40 @@ def shapes_vae() -> TrainConfig:
     )
 
 
-def _shapes_diffusion(**denoiser) -> TrainConfig:
+def _shapes_diffusion(*, text: TextEncoderConfig, steps: int, **denoiser) -> TrainConfig:
     return TrainConfig(
         stage="diffusion",
-        steps=20000,
+        steps=steps,
         **denoiser,
         diffusion=DiffusionConfig(
             vae_path="runs/shapes-vae/pipeline",
             flow=FlowMatching(shift=2.0),
             conditioning=ConditioningMix(),
             text_encoder="builtin",
-            text=text_small(),
+            text=text,
             text_dropout=0.1,
         ),
         optim=OptimConfig(lr=3e-4, warmup_steps=500, ema_decay=0.999),
         data=DataConfig(
-            dataset="shapes", size=64, frames=17, batch_size=16, num_workers=1, image_ratio=0.1, cache=True
+            dataset="shapes-mixed", size=64, frames=17, batch_size=16, num_workers=1, image_ratio=0.1, cache=True
         ),
-        checkpoint=CheckpointConfig(every=1000, keep=3),
-        sample=SampleConfig(every=1000, prompts=SHAPES_PROMPTS, steps=30, guidance=4.0),
+        checkpoint=CheckpointConfig(every=250, keep=3),
+        sample=SampleConfig(every=1000, prompts=SHAPES_PROMPTS, steps=20, guidance=4.0),
     )
 
 
 def shapes_dit() -> TrainConfig:
-    """A ~9M-parameter DiT (320 tokens per clip) with a ~3M-parameter built-in text encoder, flow matching."""
-    return _shapes_diffusion(dit=dit_small(latent_channels=8, text_dim=256))
+    """The shipped shapes model: a ~4M-parameter DiT and a ~1.4M-parameter built-in text encoder trained
+    with it, flow matching, on one- and two-object clips with every conditioning task mixed in.
+
+    10,000 steps of batch 16: about 0.75 s a step on a 2-core CPU in bf16 (a little over 2 hours).
+    """
+    return _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=10_000)
 
 
 def shapes_unet3d() -> TrainConfig:
-    """A ~11M-parameter factorized 3D U-Net with the built-in text encoder, flow matching."""
-    return _shapes_diffusion(unet=unet_shapes(latent_channels=8, text_dim=256))
+    """A ~11M-parameter factorized 3D U-Net with a ~3M-parameter built-in text encoder, flow matching."""
+    return _shapes_diffusion(unet=unet_shapes(latent_channels=8, text_dim=256), text=text_small(), steps=20_000)
 
 
 def _debug(**fields) -> dict:
