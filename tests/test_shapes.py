@@ -251,14 +251,27 @@ def test_mixed_object_counts_reuse_the_fixed_count_clips():
     mixed = get_dataset("shapes-mixed", size=32, frames=5, length=60)
     fixed = {n: ShapesDataset(size=32, frames=5, length=60, objects=n) for n in (1, 2)}
     counts = []
+    unsized = 0
     for i in range(60):
         n = len(mixed.attributes(i))
         counts.append(n)
-        assert mixed.caption(i) == fixed[n].caption(i)
-        assert torch.equal(mixed[i]["video"], fixed[n][i]["video"])
+        item = mixed[i]
+        assert torch.equal(item["video"], fixed[n][i]["video"])
+        assert item["caption"] == mixed.caption(i)
+        sizes = [a["size"] for a in mixed.attributes(i)]
+        if any(f" {z} " in item["caption"] for z in ("small", "large")):
+            assert item["caption"] == fixed[n].caption(i)
+        else:  # the same caption with every size left out
+            unsized += 1
+            assert item["caption"] == " and ".join(
+                p.replace(f"a {z} ", "a ", 1) for p, z in zip(fixed[n].caption(i).split(" and "), sizes)
+            )
     assert 30 <= counts.count(1) <= 50 and counts.count(2) >= 10  # (1, 1, 2): about two in three single
+    assert 6 <= unsized <= 25  # one caption in four leaves the sizes out
     with pytest.raises(KinemaError, match=r"tuple of them"):
         ShapesDataset(objects=(1, 3))
+    with pytest.raises(KinemaError, match=r"sized_captions must be in \[0, 1\]"):
+        ShapesDataset(sized_captions=1.5)
 
 
 def test_get_dataset_routes_manifests_to_folder_dataset(tmp_path):

@@ -31,7 +31,7 @@ def __getattr__(name: str) -> Any:
 
 def get_dataset(name_or_manifest: str, **kw: Any) -> Any:
     """The dataset named `shapes` (one object), `shapes2` (two objects), `shapes-mixed`
-    (one object in two clips of three, two in the third), `digits`
+    (one object in two clips of three, two in the third; one caption in four leaves the sizes out), `digits`
     (moving MNIST digits), or a FolderDataset for a `.csv` / `.jsonl` manifest path.
 
     Keyword arguments go to the dataset (size, frames, split, ...); one it does
@@ -44,7 +44,7 @@ def get_dataset(name_or_manifest: str, **kw: Any) -> Any:
     elif name == "shapes2":
         cls, fixed = ShapesDataset, {"objects": 2}
     elif name == "shapes-mixed":
-        cls, fixed = ShapesDataset, {"objects": (1, 1, 2)}
+        cls, fixed = ShapesDataset, {"objects": (1, 1, 2), "sized_captions": 0.75}
     elif name == "digits":
         cls, fixed = MovingDigitsDataset, {}
     elif name.lower().endswith(MANIFEST_SUFFIXES):

@@ -141,14 +141,16 @@ def make_object(
     }
 
 
-def caption_for(attrs: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
-    """The caption of one object's attributes, or of several joined with ` and `."""
+def caption_for(attrs: dict[str, Any] | Sequence[dict[str, Any]], *, sizes: bool = True) -> str:
+    """The caption of one object's attributes, or of several joined with ` and `; `sizes=False` leaves
+    the sizes out ("a red circle moving right")."""
     if isinstance(attrs, dict):
         attrs = [attrs]
     parts = []
     for a in attrs:
         action = "staying still" if a["motion"] == "still" else f"moving {a['motion']}"
-        parts.append(f"a {a['size']} {a['colour']} {a['shape']} {action}")
+        size = f"{a['size']} " if sizes else ""
+        parts.append(f"a {size}{a['colour']} {a['shape']} {action}")
     return " and ".join(parts)
 
 
@@ -226,6 +228,8 @@ class ShapesDataset(Dataset):
     `objects`: 1 or 2 objects per clip, or a tuple of counts that each clip draws
     from uniformly: (1, 1, 2) gives one object in two clips of three. A drawn
     count n gives the same clip as `objects=n` at that index.
+    `sized_captions`: the share of captions that name the sizes; the others leave them
+    out ("a red circle moving right"), so that a model also follows prompts without one.
     """
 
     def __init__(
@@ -237,6 +241,7 @@ class ShapesDataset(Dataset):
         length: int = 10000,
         seed: int = 0,
         fps: float = 8,
+        sized_captions: float = 1.0,
     ) -> None:
         if not isinstance(size, int) or size < 16:
             raise KinemaError(f"size must be an int >= 16 (64 by default; 32 and 128 also common), got {size!r}")
@@ -253,8 +258,10 @@ class ShapesDataset(Dataset):
             raise KinemaError(f"seed must be an int >= 0, got {seed!r}")
         if not fps > 0:
             raise KinemaError(f"fps must be > 0, got {fps!r}")
+        if not 0.0 <= sized_captions <= 1.0:
+            raise KinemaError(f"sized_captions must be in [0, 1] (the share of captions naming sizes), got {sized_captions!r}")
         self.size, self.frames, self.split, self.objects = size, frames, split, objects
-        self.length, self.seed, self.fps = length, seed, fps
+        self.length, self.seed, self.fps, self.sized_captions = length, seed, fps, sized_captions
 
     def __len__(self) -> int:
         return self.length
@@ -296,10 +303,17 @@ class ShapesDataset(Dataset):
                 return [a, b]
 
     def caption(self, index: int) -> str:
-        return caption_for(self.attributes(index))
+        return caption_for(self.attributes(index), sizes=self._names_sizes(index))
+
+    def _names_sizes(self, index: int) -> bool:
+        if self.sized_captions >= 1.0:
+            return True
+        index = self._check_index(index)
+        draw = np.random.default_rng((self.seed, index, 3, SPLITS.index(self.split))).random()  # 3: not a count
+        return bool(draw < self.sized_captions)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         attrs = self.attributes(index)
         frames = render_clip(attrs, self.size, self.frames)  # (T, S, S, 3) uint8
         video = torch.from_numpy(frames.transpose(3, 0, 1, 2).astype(np.float32) / 127.5 - 1.0)
-        return {"video": video, "caption": caption_for(attrs)}
+        return {"video": video, "caption": caption_for(attrs, sizes=self._names_sizes(index))}

@@ -35,7 +35,7 @@ from kinema.train.config import (
 )
 
 SHAPES_PROMPTS = (
-    "a small red circle moving right",
+    "a red circle moving right",
     "a large blue square moving up",
     "a small yellow triangle moving left",
     "a large green circle staying still",

@@ -1,0 +1,93 @@
+"""Quality against cost for each sampler and step count: how the shipped defaults were chosen.
+
+For every (sampler, steps) point, the pipeline makes text-to-video clips for the held-out
+combinations (every one at both sizes, --per-combination clips each) and for --train-n random
+train-split prompts; the shapes probe scores them (`kinema.eval.shapes_eval`, model row only).
+A point passes when its measured joint accuracy meets the issue's bars: >= 95% train,
+>= 85% held out (the final report then measures the chosen point on every combination). The cheapest point
+that passes (fewest denoiser calls, then fastest) is marked; the README's defaults come from it.
+
+    python benchmarks/default_settings.py                           # the shipped `shapes` pipeline
+    python benchmarks/default_settings.py --model DIR --points euler:8,euler:12,dpmpp_2m:8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_POINTS = "euler:6,euler:8,euler:12,euler:16,dpmpp_2m:6,dpmpp_2m:8,dpmpp_2m:12,heun:4,heun:6,unipc:6,unipc:8"
+BARS = {"train": 0.95, "heldout": 0.85}
+
+
+def denoiser_calls(sampler: str, steps: int) -> int:
+    """Denoiser evaluations of one clip (each a CFG pair): heun makes two a step, one on its last."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes", help="a pipeline directory or shipped name (default: shapes)")
+    parser.add_argument("--points", default=DEFAULT_POINTS, help="comma-separated sampler:steps")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    parser.add_argument("--per-combination", type=int, default=2, help="held-out clips per combination and size")
+    parser.add_argument("--train-n", type=int, default=120, help="random train-split prompts")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("default_settings.json"))
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+
+    from kinema.eval.shapes_eval import GenerationSettings, evaluate_shapes
+    from kinema.pipelines import Pipeline
+
+    pipe = Pipeline.load(args.model)
+    guidance = pipe.settings.guidance if args.guidance is None else args.guidance
+    print(f"{args.model}: t2v, guidance {guidance}; held out: every combination x 2 sizes x {args.per_combination}; "
+          f"train: {args.train_n} random prompts")  # fmt: skip
+    header = f"{'sampler':>9} {'steps':>5} {'calls':>5} {'train joint':>12} {'heldout joint':>14} {'s/clip':>7}  pass"
+    print(header)
+    rows = []
+    for point in args.points.split(","):
+        sampler, steps = point.split(":")
+        settings = GenerationSettings(sampler=sampler, steps=int(steps), guidance=guidance, seed=0)
+        row: dict = {"sampler": sampler, "steps": int(steps)}
+        row["calls"] = denoiser_calls(sampler, int(steps))
+        seconds = []
+        for split in ("train", "heldout"):
+            start = time.perf_counter()
+            grid = {"per_combination": args.per_combination} if split == "heldout" else {"n": args.train_n}
+            report, _ = evaluate_shapes(
+                pipe, model=args.model, split=split, task="t2v", settings=settings,
+                variants=[("model", "model", pipe)], **grid,
+            )  # fmt: skip
+            model = next(r for r in report["rows"] if r["name"] == "model")
+            row[split] = model["accuracy"]["joint"]
+            row[f"{split}_present_all_frames"] = model["present_all_frames"]["rate"]
+            seconds.append(model["seconds_per_clip"])
+            row[f"{split}_wall_s"] = time.perf_counter() - start
+        row["seconds_per_clip"] = sum(seconds) / len(seconds)
+        row["passes"] = all(row[split]["rate"] >= bar for split, bar in BARS.items())
+        rows.append(row)
+        print(f"{sampler:>9} {steps:>5} {row['calls']:>5} {row['train']['rate']:>11.1%} {row['heldout']['rate']:>13.1%} "
+              f"{row['seconds_per_clip']:>7.2f}  {'yes' if row['passes'] else 'no'}", flush=True)  # fmt: skip
+    passing = [r for r in rows if r["passes"]]
+    best = min(passing, key=lambda r: (r["calls"], r["seconds_per_clip"])) if passing else None
+    print(f"cheapest passing: {best['sampler']} {best['steps']} steps" if best else "no point meets the bars")
+    result = {
+        "model": args.model, "model_hash": pipe.model_hash, "guidance": guidance, "bars": BARS,
+        "per_combination": args.per_combination, "train_n": args.train_n, "rows": rows,
+        "cheapest_passing": None if best is None else {"sampler": best["sampler"], "steps": best["steps"]},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+    }  # fmt: skip
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
