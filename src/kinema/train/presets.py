@@ -43,18 +43,20 @@ SHAPES_PROMPTS = (
 
 
 def shapes_vae() -> TrainConfig:
-    """The shapes VAE (~1.5M parameters), 4x spatial and 4x temporal compression, 8 latent channels.
+    """The shapes VAE (~1.8M parameters), 4x spatial and 4x temporal compression, 8 latent channels.
 
-    One image (a single frame) per ten samples teaches the first-frame path that image-to-video uses.
+    Trained on one- and two-object clips (`shapes-mixed`): a VAE that only ever saw one object
+    mixes the colours of two. One image (a single frame) per ten samples teaches the first-frame
+    path that image-to-video uses. 4,000 steps: about 1.5 s a step on a 2-core CPU in bf16 (1.7 hours).
     """
     return TrainConfig(
         stage="vae",
-        steps=6000,
+        steps=4000,
         vae=vae_shapes(),
         vae_loss=VAELossConfig(),
         optim=OptimConfig(lr=3e-4, warmup_steps=200, ema_decay=0.999),
-        data=DataConfig(dataset="shapes", size=64, frames=17, batch_size=8, num_workers=1, image_ratio=0.1),
-        checkpoint=CheckpointConfig(every=500, keep=3),
+        data=DataConfig(dataset="shapes-mixed", size=64, frames=17, batch_size=8, num_workers=1, image_ratio=0.1),
+        checkpoint=CheckpointConfig(every=250, keep=3),
         sample=SampleConfig(every=500, count=2),
     )
 
