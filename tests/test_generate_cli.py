@@ -63,6 +63,21 @@ def test_text_to_video_writes_the_file_and_its_sidecar(model, tmp_path, capsys):
     assert sidecar["file"] == "circle.mp4" and sidecar["metadata"] == m and sidecar["frames"] == 9
 
 
+def test_a_shapes_model_warns_about_prompts_outside_its_captions(tmp_path, capsys):
+    pipe = random_pipeline("tiny", seed=0)
+    pipe.provenance = {"train_config": {"data": {"dataset": "shapes-mixed"}}}
+    shapes_model = pipe.save(tmp_path / "shapes")
+    run(PROMPT, "--model", str(shapes_model), "--out", str(tmp_path / "a.gif"))
+    assert "warning" not in capsys.readouterr().err  # a shapes caption, size left out
+    run("a cat playing the piano", "--model", str(shapes_model), "--out", str(tmp_path / "b.gif"))
+    err = capsys.readouterr().err
+    assert err.startswith("warning: this model learned shapes captions only") and "'a cat playing the piano'" in err
+    assert (tmp_path / "b.gif").is_file()  # a warning, not an error
+    other = random_pipeline("tiny", seed=0).save(tmp_path / "other")  # not trained on shapes: no opinion
+    run("a cat playing the piano", "--model", str(other), "--out", str(tmp_path / "d.gif"))
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_cli_frames_equal_the_api_frames(model, tmp_path):
     from kinema.pipelines.pipeline import Pipeline
 

@@ -107,6 +107,7 @@ def generate(
     from kinema.pipelines.pipeline import Pipeline
 
     pipe = Pipeline.load(model, device=device, precision=precision)
+    _warn_unfamiliar(pipe, prompts)
     common_args: dict[str, Any] = dict(
         num_inference_steps=steps, guidance_scale=guidance, sampler=sampler, seed=seed, num_videos=num, fps=fps,
         progress=not quiet,
@@ -155,6 +156,22 @@ def _prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
     if not prompts:
         raise KinemaError(f"--prompts {path}: no prompts in it; write one prompt a line (# starts a comment)")
     return prompts
+
+
+def _warn_unfamiliar(pipe: Any, prompts: list[str]) -> None:
+    """Say so when a model trained on shapes captions gets a prompt outside their grammar (it still runs)."""
+    from kinema.errors import KinemaError
+
+    data = (pipe.provenance.get("train_config") or {}).get("data") or {}
+    if not str(data.get("dataset", "")).startswith("shapes"):
+        return
+    from kinema.eval.shapes_probe import parse_captions
+
+    for prompt in dict.fromkeys(prompts):
+        try:
+            parse_captions(prompt)
+        except KinemaError as e:
+            typer.echo(f"warning: this model learned shapes captions only, and {e}; the clip may not follow it", err=True)
 
 
 def _size(size: str | None) -> tuple[int | None, int | None]:
