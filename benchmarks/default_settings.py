@@ -8,7 +8,9 @@ A point passes when its measured joint accuracy meets the issue's bars: >= 95% t
 that passes (fewest denoiser calls, then fastest) is marked; the README's defaults come from it.
 
     python benchmarks/default_settings.py                           # the shipped `shapes` pipeline
-    python benchmarks/default_settings.py --model DIR --points euler:8,euler:12,dpmpp_2m:8
+    python benchmarks/default_settings.py --model DIR --points euler:8,euler:12,dpmpp_2m:8:3.0
+
+A point is sampler:steps, or sampler:steps:guidance (default guidance: --guidance, else the pipeline's).
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ def denoiser_calls(sampler: str, steps: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes", help="a pipeline directory or shipped name (default: shapes)")
-    parser.add_argument("--points", default=DEFAULT_POINTS, help="comma-separated sampler:steps")
+    parser.add_argument("--points", default=DEFAULT_POINTS, help="comma-separated sampler:steps[:guidance]")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
     parser.add_argument("--per-combination", type=int, default=2, help="held-out clips per combination and size")
-    parser.add_argument("--train-n", type=int, default=120, help="random train-split prompts")
+    parser.add_argument("--train-n", type=int, default=64, help="random train-split prompts")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("default_settings.json"))
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -49,13 +51,14 @@ def main() -> None:
     guidance = pipe.settings.guidance if args.guidance is None else args.guidance
     print(f"{args.model}: t2v, guidance {guidance}; held out: every combination x 2 sizes x {args.per_combination}; "
           f"train: {args.train_n} random prompts")  # fmt: skip
-    header = f"{'sampler':>9} {'steps':>5} {'calls':>5} {'train joint':>12} {'heldout joint':>14} {'s/clip':>7}  pass"
+    header = f"{'sampler':>9} {'steps':>5} {'cfg':>4} {'calls':>5} {'train joint':>12} {'heldout joint':>14} {'s/clip':>7}  pass"
     print(header)
     rows = []
     for point in args.points.split(","):
-        sampler, steps = point.split(":")
-        settings = GenerationSettings(sampler=sampler, steps=int(steps), guidance=guidance, seed=0)
-        row: dict = {"sampler": sampler, "steps": int(steps)}
+        sampler, steps, *scale = point.split(":")
+        cfg = float(scale[0]) if scale else guidance
+        settings = GenerationSettings(sampler=sampler, steps=int(steps), guidance=cfg, seed=0)
+        row: dict = {"sampler": sampler, "steps": int(steps), "guidance": cfg}
         row["calls"] = denoiser_calls(sampler, int(steps))
         seconds = []
         for split in ("train", "heldout"):
@@ -73,15 +76,15 @@ def main() -> None:
         row["seconds_per_clip"] = sum(seconds) / len(seconds)
         row["passes"] = all(row[split]["rate"] >= bar for split, bar in BARS.items())
         rows.append(row)
-        print(f"{sampler:>9} {steps:>5} {row['calls']:>5} {row['train']['rate']:>11.1%} {row['heldout']['rate']:>13.1%} "
+        print(f"{sampler:>9} {steps:>5} {cfg:>4g} {row['calls']:>5} {row['train']['rate']:>11.1%} {row['heldout']['rate']:>13.1%} "
               f"{row['seconds_per_clip']:>7.2f}  {'yes' if row['passes'] else 'no'}", flush=True)  # fmt: skip
     passing = [r for r in rows if r["passes"]]
     best = min(passing, key=lambda r: (r["calls"], r["seconds_per_clip"])) if passing else None
-    print(f"cheapest passing: {best['sampler']} {best['steps']} steps" if best else "no point meets the bars")
+    print(f"cheapest passing: {best['sampler']} {best['steps']} steps, guidance {best['guidance']}" if best else "no point meets the bars")
     result = {
         "model": args.model, "model_hash": pipe.model_hash, "guidance": guidance, "bars": BARS,
         "per_combination": args.per_combination, "train_n": args.train_n, "rows": rows,
-        "cheapest_passing": None if best is None else {"sampler": best["sampler"], "steps": best["steps"]},
+        "cheapest_passing": None if best is None else {k: best[k] for k in ("sampler", "steps", "guidance")},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__},
     }  # fmt: skip
