@@ -69,6 +69,10 @@ ALL_COMBOS: tuple[tuple[int, int, int], ...] = tuple(
 )
 HELDOUT_COMBOS: tuple[tuple[int, int, int], ...] = tuple(k for k in ALL_COMBOS if is_heldout(*k))
 TRAIN_COMBOS: tuple[tuple[int, int, int], ...] = tuple(k for k in ALL_COMBOS if not is_heldout(*k))
+SPLIT_COMBOS: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "train": TRAIN_COMBOS, "heldout": HELDOUT_COMBOS, "all": ALL_COMBOS,
+}  # fmt: skip
+"""The (colour, shape, motion) combinations a one-object clip of each split draws from."""
 
 
 def side_pixels(size: int | str, canvas: int) -> int:
@@ -294,7 +298,7 @@ class ShapesDataset(Dataset):
 
     def _draw_combos(self, rng: np.random.Generator, objects: int) -> list[tuple[int, int, int]]:
         if objects == 1:
-            pool = {"train": TRAIN_COMBOS, "heldout": HELDOUT_COMBOS, "all": ALL_COMBOS}[self.split]
+            pool = SPLIT_COMBOS[self.split]
             return [pool[rng.integers(len(pool))]]
         pool = TRAIN_COMBOS if self.split == "train" else ALL_COMBOS
         while True:  # rejection sampling: distinct colours, and a held-out slot for "heldout"

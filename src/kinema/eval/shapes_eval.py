@@ -269,11 +269,10 @@ def grid_scenes(split: str, size: int, frames: int, per_combination: int) -> lis
 
     Each scene's start and speed are drawn from its own stream, seeded by (PROMPT_SEED, combination, size, k).
     """
-    from kinema.data.shapes import ALL_COMBOS, HELDOUT_COMBOS, SIZES, TRAIN_COMBOS, make_object
+    from kinema.data.shapes import SIZES, SPLIT_COMBOS, make_object
 
-    combos = {"train": TRAIN_COMBOS, "heldout": HELDOUT_COMBOS, "all": ALL_COMBOS}[split]
     scenes = []
-    for c, s, m in combos:
+    for c, s, m in SPLIT_COMBOS[split]:
         for z in range(len(SIZES)):
             for k in range(per_combination):
                 rng = np.random.default_rng((PROMPT_SEED, c, s, m, z, k))
