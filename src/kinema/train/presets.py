@@ -87,8 +87,8 @@ def shapes_dit() -> TrainConfig:
     """The shipped shapes model: a ~4M-parameter DiT and a ~1.4M-parameter built-in text encoder trained
     with it, flow matching, on one- and two-object clips with every conditioning task mixed in.
 
-    20,000 steps of batch 16: about 0.8 s a step on a 2-core CPU in bf16 (about 4.5 hours). At 2,750 steps
-    the model still got no clip fully right (objects changed colour and drifted), so the shipped run was
+    20,000 steps of batch 16: about 0.85 s a step on a 2-core CPU in bf16 (about 4.5 hours). At 2,750 steps
+    the model still got no clip fully right (objects changed colour and drifted), so the default model's run was
     lengthened from 10,000 steps on resume.
     """
     return _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=20_000)
