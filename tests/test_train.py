@@ -272,6 +272,31 @@ def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(vae_dir, tmp_p
     assert train(override(config, {"steps": 3, "log.every": 2}), tmp_path, resume=True).step == 3
 
 
+def test_allow_change_changes_the_recipe_on_resume_and_records_it(vae_dir, tmp_path):
+    config = dit_debug(vae_dir, steps=2)
+    with pytest.raises(KinemaError, match="only applies to --resume"):
+        train(config, tmp_path, allow_changes=["diffusion.flow"])
+    train(config, tmp_path)
+    with pytest.raises(KinemaError, match="'diffusion.flw' is not a config field"):
+        train(config, tmp_path, resume=True, allow_changes=["diffusion.flw"])
+    with pytest.raises(KinemaError, match="do not fit the changed config"):
+        train(override(config, {"dit.ffn_dim": 64}), tmp_path, resume=True, allow_changes=["dit"])
+    changed = override(config, {"steps": 4, "diffusion.flow.shift": 3.0, "diffusion.flow.logit_mean": 0.5})
+    with pytest.raises(KinemaError, match="--allow-change NAME"):
+        train(changed, tmp_path, resume=True)
+    result = train(changed, tmp_path, resume=True, allow_changes=["diffusion.flow"])
+    assert result.step == 4
+    records = [json.loads(line) for line in (tmp_path / "config_changes.jsonl").read_text().splitlines()]
+    assert records == [
+        {"step": 2, "field": "diffusion.flow.logit_mean", "from": 0.0, "to": 0.5},
+        {"step": 2, "field": "diffusion.flow.shift", "from": config.diffusion.flow.shift, "to": 3.0},
+    ]
+    assert json.loads((result.pipeline / "pipeline.json").read_text())["process"]["shift"] == 3.0
+    # The checkpoints now hold the new recipe: a plain resume continues it, and records nothing more.
+    assert train(override(changed, {"steps": 5}), tmp_path, resume=True).step == 5
+    assert len((tmp_path / "config_changes.jsonl").read_text().splitlines()) == 2
+
+
 def test_latent_cache_gives_the_same_run(vae_dir, tmp_path):
     sets = {"deterministic": True, "steps": 12, "diffusion.train_text_encoder": False}
     train(dit_debug(vae_dir, **sets), tmp_path / "plain")

@@ -3,6 +3,7 @@
 kinema train shapes-vae --out runs/shapes-vae
 kinema train shapes-dit --out runs/shapes-dit --set optim.lr=1e-4 --set data.batch_size=32
 kinema train shapes-dit --out runs/shapes-dit --resume
+kinema train shapes-dit --out runs/shapes-dit --resume --set diffusion.flow.shift=3 --allow-change diffusion.flow
 torchrun --nproc-per-node 4 -m kinema train shapes-dit --out runs/shapes-dit
 """
 
@@ -35,6 +36,14 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the newest complete checkpoint in DIR/checkpoints."
     ),
+    allow_change: list[str] = typer.Option(
+        [],
+        "--allow-change",
+        metavar="NAME",
+        help="With --resume: let this config field or group (e.g. diffusion.flow) differ from the checkpoint's, "
+        "to change the recipe mid-run on purpose; the change is logged to DIR/config_changes.jsonl (repeatable). "
+        "Fields the weights' shapes depend on cannot change.",
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print parameter counts, FLOPs per step and the time per step here, then exit."
     ),
@@ -63,7 +72,7 @@ def train(
 
     from kinema.train.loop import train as run
 
-    result = run(config, out, resume=resume)
+    result = run(config, out, resume=resume, allow_changes=allow_change)
     if int(os.environ.get("RANK", "0")) == 0 and result.pipeline is not None:
         typer.echo(json.dumps({"step": result.step, "pipeline": str(result.pipeline)}))
     if result.stopped_by is not None:

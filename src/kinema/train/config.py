@@ -4,7 +4,7 @@
 or a U-Net's, the frozen VAE's path and the diffusion settings for the
 `diffusion` stage) beside the optimiser, data, checkpoint, logging and sampling
 configs. `override(config, {"optim.lr": 1e-4})` sets any field by dotted name;
-`resume_conflicts(saved, new)` names the fields that may not change on resume.
+`resume_conflicts(saved, new, allowed)` names the fields that may not change on resume.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -428,15 +429,33 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
-def resume_conflicts(saved: dict[str, Any], new: TrainConfig) -> list[str]:
-    """Dotted names whose values differ between a checkpoint's config and `new`, safe fields excepted."""
+def config_changes(saved: dict[str, Any], new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted name: (saved value, new value)} for every field that differs between a checkpoint's config and `new`."""
     a, b = flatten(saved), flatten(cfg.to_dict(new))
-    changed = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
-    return [k for k in changed if not any(k == s or k.startswith(s + ".") for s in SAFE_ON_RESUME)]
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")}
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def resume_conflicts(saved: dict[str, Any], new: TrainConfig, allowed: Sequence[str] = ()) -> list[str]:
+    """Dotted names whose values differ between a checkpoint's config and `new`, except the fields safe to
+    change (SAFE_ON_RESUME) and those under a name in `allowed` (changes the user asked for on purpose)."""
+    return [k for k in config_changes(saved, new) if not _under(k, (*SAFE_ON_RESUME, *allowed))]
+
+
+def check_field_names(names: Sequence[str], config: TrainConfig) -> None:
+    """Raise ValueError naming any of `names` that is neither a field nor a group of fields of `config`."""
+    fields = flatten(cfg.to_dict(config))
+    for name in names:
+        if not any(_under(k, (name,)) for k in fields):
+            groups = sorted({k.split(".")[0] for k in fields})
+            raise ValueError(f"{name!r} is not a config field; fields are dotted names under {', '.join(groups)}")
 
 
 def learned_hash(config: TrainConfig) -> str:
     """The config hash stored in checkpoints: of every field except those safe to change on resume."""
     data = flatten(cfg.to_dict(config))
-    kept = {k: v for k, v in data.items() if not any(k == s or k.startswith(s + ".") for s in SAFE_ON_RESUME)}
+    kept = {k: v for k, v in data.items() if not _under(k, SAFE_ON_RESUME)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]

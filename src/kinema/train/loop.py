@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import random
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,17 +29,23 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kinema import config as cfg
+from kinema.atomic import write_json
 from kinema.errors import KinemaError
 from kinema.train import checkpoint as ckpt
 from kinema.train import distributed
 from kinema.train.cache import LatentCache
-from kinema.train.config import TrainConfig, learned_hash, resume_conflicts
+from kinema.train.config import (
+    TrainConfig,
+    check_field_names,
+    config_changes,
+    learned_hash,
+    resume_conflicts,
+)
 from kinema.train.data import Items, SampleRandom, StepBatches, dataset_for, loader, log
 from kinema.train.distributed import World
 from kinema.train.ema import EMA
 from kinema.train.observe import Meter, Observer, peak_memory_mb
 from kinema.train.schedule import lr_at, set_lr
-from kinema.atomic import write_json
 from kinema.train.stages import STAGES, write_pipeline
 
 
@@ -54,11 +62,19 @@ class NonFiniteError(KinemaError):
 
 
 def train(
-    config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, dataset: Dataset | None = None
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    allow_changes: Sequence[str] = (),
+    dataset: Dataset | None = None,
 ) -> Result:
     """Train `config` into `out_dir`: config.json, checkpoints/, metrics.jsonl, loss.png, samples/, pipeline/.
 
     resume: continue from the newest complete checkpoint in out_dir/checkpoints.
+    allow_changes: dotted config names (or groups, e.g. "diffusion.flow") that may differ from the checkpoint's
+      config on resume, for a deliberate change of recipe mid-run; each change is appended to
+      out_dir/config_changes.jsonl with the step it took effect.
     dataset: train on this dataset of {"video": (3, T, H, W) in [-1, 1], "caption": str} instead of
       `config.data.dataset` (it must give the same items on every rank).
     Under torchrun every rank calls this; only rank 0 writes files.
@@ -66,13 +82,21 @@ def train(
     world = distributed.init(config.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(config, Path(out_dir), world, resume=resume, dataset=dataset)
+        return _train(config, Path(out_dir), world, resume=resume, allow_changes=allow_changes, dataset=dataset)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         distributed.shutdown(world)
 
 
-def _train(config: TrainConfig, out_dir: Path, world: World, *, resume: bool, dataset: Dataset | None) -> Result:
+def _train(
+    config: TrainConfig,
+    out_dir: Path,
+    world: World,
+    *,
+    resume: bool,
+    allow_changes: Sequence[str],
+    dataset: Dataset | None,
+) -> Result:
     stage = STAGES[config.stage]
     device = world.device
     o, d = config.optim, config.data
@@ -82,18 +106,24 @@ def _train(config: TrainConfig, out_dir: Path, world: World, *, resume: bool, da
     start = ckpt.latest_checkpoint(checkpoints)
     if resume and start is None:
         raise KinemaError(f"--resume: {checkpoints} holds no complete checkpoint; start the run without --resume")
+    if allow_changes and not resume:
+        raise KinemaError("--allow-change only applies to --resume (a new run has nothing to change from)")
+    try:
+        check_field_names(allow_changes, config)
+    except ValueError as e:
+        raise KinemaError(f"--allow-change: {e}") from None
     if not resume and start is not None:
         raise KinemaError(
             f"{out_dir} already holds a run (up to {start.name}); add --resume to continue it, or choose another --out"
         )
     state = ckpt.read_state(start) if start is not None else None
     if state is not None:
-        changed = resume_conflicts(state["config"], config)
+        changed = resume_conflicts(state["config"], config, allow_changes)
         if changed:
             raise KinemaError(
                 f"cannot resume from {start}: the config changed in {', '.join(changed)}. Only steps, log.*, "
                 "sample.*, checkpoint.every, checkpoint.keep and data.num_workers may change on resume; "
-                "restore the others or use a new --out"
+                "restore the others, use a new --out, or change them on purpose with --allow-change NAME"
             )
     micro_size, rest = divmod(d.batch_size, world.size * o.grad_accum)
     if rest or micro_size == 0:
@@ -135,7 +165,15 @@ def _train(config: TrainConfig, out_dir: Path, world: World, *, resume: bool, da
     # ---- restore ------------------------------------------------------------------------------------------
     step, counters = 0, {"skipped_samples": 0, "nonfinite_steps": 0, "nonfinite_run": 0}
     if state is not None:
-        distributed.load_full_state_dict(trained, ckpt.read_tensors(start, "model"))
+        try:
+            distributed.load_full_state_dict(trained, ckpt.read_tensors(start, "model"))
+        except RuntimeError as e:
+            if not allow_changes:
+                raise
+            raise KinemaError(
+                f"the weights in {start} do not fit the changed config ({', '.join(allow_changes)}); "
+                "--allow-change cannot change the model's shapes, start a new run instead"
+            ) from e
         distributed.load_full_state_dict(ema.model, ckpt.read_tensors(start, "ema"))
         ema.updates = state["ema_updates"]
         optimizer_state = ckpt.optimizer_state_dict(ckpt.read_tensors(start, "optimizer"), state["optimizer_groups"])
@@ -144,6 +182,9 @@ def _train(config: TrainConfig, out_dir: Path, world: World, *, resume: bool, da
             ckpt.set_rng_tensors(ckpt.read_tensors(start, f"rng-rank{world.rank}"))
         step = state["step"]
         counters = {k: state[k] for k in counters}
+        deliberate = resume_conflicts(state["config"], config)
+        if deliberate and world.is_main:
+            _record_changes(out_dir, step, state["config"], config, deliberate)
 
     # ---- data ------------------------------------------------------------------------------------------------
     if dataset is None:
@@ -445,6 +486,16 @@ def cache_meta(config: TrainConfig) -> dict[str, Any]:
         "text": None if d.train_text_encoder else [d.text_encoder, cfg.to_dict(d.text) if d.text else None],
         "precision": config.precision,
     }
+
+
+def _record_changes(out_dir: Path, step: int, saved: dict[str, Any], config: TrainConfig, names: list[str]) -> None:
+    """Say, and append to out_dir/config_changes.jsonl, which fields a resume changed on purpose and from when."""
+    changes = config_changes(saved, config)
+    with open(out_dir / "config_changes.jsonl", "a") as f:
+        for name in names:
+            before, after = changes[name]
+            print(f"resume: {name} changes from {before!r} to {after!r} at step {step}", flush=True)
+            f.write(json.dumps({"step": step, "field": name, "from": before, "to": after}) + "\n")
 
 
 def save_checkpoint(
