@@ -92,7 +92,9 @@ def shapes_dit() -> TrainConfig:
 
     20,000 steps of batch 16: about 0.85 s a step on a 2-core CPU in bf16 (about 4.5 hours). At 2,750 steps
     the model still got no clip fully right (objects changed colour and drifted), so the default model's run was
-    lengthened from 10,000 steps on resume.
+    lengthened from 10,000 steps on resume. Until step 8,404 that run drew noise levels from the plain
+    logit-normal (mean 0, std 1) and learned colour and shape but ignored the motion words; it then resumed
+    with today's wider, higher one (`--allow-change diffusion.flow`).
     """
     return _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=20_000)
 
