@@ -90,13 +90,13 @@ def shapes_dit() -> TrainConfig:
     """The shipped shapes model: a ~4M-parameter DiT and a ~1.4M-parameter built-in text encoder trained
     with it, flow matching, on one- and two-object clips with every conditioning task mixed in.
 
-    20,000 steps of batch 16: about 0.85 s a step on a 2-core CPU in bf16 (about 4.5 hours). At 2,750 steps
-    the model still got no clip fully right (objects changed colour and drifted), so the default model's run was
-    lengthened from 10,000 steps on resume. Until step 8,404 that run drew noise levels from the plain
-    logit-normal (mean 0, std 1) and learned colour and shape but ignored the motion words; it then resumed
-    with today's wider, higher one (`--allow-change diffusion.flow`).
+    30,000 steps of batch 16: about 0.85 s a step on a 2-core CPU in bf16 (about 7 hours). The default
+    model's run was lengthened twice on resume: from 10,000 steps at step 3,095 (at 2,750 steps no clip was
+    fully right) and to 30,000 at step 10,475 (16% of clips fully right at 10,000). Until step 8,404 it drew
+    noise levels from the plain logit-normal (mean 0, std 1) and learned colour and shape but ignored the
+    motion words; it then resumed with today's wider, higher one (`--allow-change diffusion.flow`).
     """
-    return _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=20_000)
+    return _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=30_000)
 
 
 def shapes_unet3d() -> TrainConfig:
