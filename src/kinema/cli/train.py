@@ -3,7 +3,7 @@
 kinema train shapes-vae --out runs/shapes-vae
 kinema train shapes-dit --out runs/shapes-dit --set optim.lr=1e-4 --set data.batch_size=32
 kinema train shapes-dit --out runs/shapes-dit --resume
-kinema train shapes-dit --out runs/shapes-dit --resume --set diffusion.flow.shift=3 --allow-change diffusion.flow
+kinema train shapes-dit --out runs/shapes-dit --resume --set diffusion.flow.logit_mean=1 --allow-change diffusion.flow
 torchrun --nproc-per-node 4 -m kinema train shapes-dit --out runs/shapes-dit
 """
 

@@ -94,7 +94,7 @@ def shapes_dit() -> TrainConfig:
     model's run was lengthened twice on resume: from 10,000 steps at step 3,095 (at 2,750 steps no clip was
     fully right) and to 30,000 at step 10,475 (16% of clips fully right at 10,000). Until step 8,404 it drew
     noise levels from the plain logit-normal (mean 0, std 1) and learned colour and shape but ignored the
-    motion words; it then resumed with today's wider, higher one (`--allow-change diffusion.flow`).
+    motion words; it then resumed with the preset's mean 1, std 2 (`--allow-change diffusion.flow`).
     """
     return _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=30_000)
 
