@@ -106,12 +106,13 @@ def _train(
     start = ckpt.latest_checkpoint(checkpoints)
     if resume and start is None:
         raise KinemaError(f"--resume: {checkpoints} holds no complete checkpoint; start the run without --resume")
-    if allow_changes and not resume:
-        raise KinemaError("--allow-change only applies to --resume (a new run has nothing to change from)")
-    try:
-        check_field_names(allow_changes, config)
-    except ValueError as e:
-        raise KinemaError(f"--allow-change: {e}") from None
+    if allow_changes:
+        if not resume:
+            raise KinemaError("--allow-change only applies to --resume (a new run has nothing to change from)")
+        try:
+            check_field_names(allow_changes, config)
+        except ValueError as e:
+            raise KinemaError(f"--allow-change: {e}") from None
     if not resume and start is not None:
         raise KinemaError(
             f"{out_dir} already holds a run (up to {start.name}); add --resume to continue it, or choose another --out"
