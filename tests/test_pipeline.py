@@ -191,6 +191,33 @@ def test_latent_mask_covers_the_pixel_mask():
     assert m.sum() == 1 and m[0, 0, 1, 2, 0] == 1
 
 
+def test_guidance_interval_guides_only_at_its_noise_levels(pipe):
+    kw = dict(seed=3, num_inference_steps=STEPS, guidance_scale=4.0)
+    always = pipe.generate(PROMPT, **kw)
+    never = pipe.generate(PROMPT, **{**kw, "guidance_scale": 1.0})
+    assert not np.array_equal(always.frames, never.frames)
+    # a flow-matching model's sigmas lie in [0, 1]: (2, 3) never guides, (0, inf) always does
+    assert np.array_equal(pipe.generate(PROMPT, guidance_interval=(2.0, 3.0), **kw).frames, never.frames)
+    assert np.array_equal(pipe.generate(PROMPT, guidance_interval=(0.0, math.inf), **kw).frames, always.frames)
+    first_step_only = pipe.generate(PROMPT, guidance_interval=(0.9, 1.0), **kw)  # sigma 1 is guided, the next is not
+    assert not np.array_equal(first_step_only.frames, always.frames)
+    assert not np.array_equal(first_step_only.frames, never.frames)
+    assert first_step_only.metadata["guidance_interval"] == "0.9,1" and "guidance_interval" not in always.metadata
+
+
+def test_guidance_interval_defaults_to_the_pipeline_settings(pipe):
+    import dataclasses
+
+    kw = dict(seed=3, num_inference_steps=STEPS, guidance_scale=4.0)
+    narrowed = Pipeline(
+        vae=pipe.vae, denoiser=pipe.denoiser, text_encoder=pipe.text_encoder, process=pipe.process,
+        settings=dataclasses.replace(pipe.settings, guidance_interval=(0.9, 1.0)),
+    )  # fmt: skip
+    assert np.array_equal(narrowed.generate(PROMPT, **kw).frames, pipe.generate(PROMPT, guidance_interval=(0.9, 1.0), **kw).frames)
+    # (0, inf) in a call guides every step again
+    assert np.array_equal(narrowed.generate(PROMPT, guidance_interval=(0, math.inf), **kw).frames, pipe.generate(PROMPT, **kw).frames)
+
+
 def test_vp_process_and_other_samplers(pipe):
     from kinema.diffusion import VPDiffusion
 
@@ -343,6 +370,8 @@ def test_unknown_names_list_the_shipped_ones(saved, tmp_path, monkeypatch):
     [
         (dict(num_inference_steps=0), r"steps \(num_inference_steps\) must be an integer >= 1, got 0"),
         (dict(guidance_scale=-1.0), r"guidance \(guidance_scale\) must be a number >= 0"),
+        (dict(guidance_interval=(0.5, 0.2)), r"guidance_interval must be \(sigma_lo, sigma_hi\) with 0 <= lo <= hi"),
+        (dict(guidance_interval=0.5), r"guidance_interval must be .*Got 0.5"),
         (dict(sampler="euler_a"), "unknown sampler 'euler_a'; choose one of euler, heun, dpmpp_2m, ddim, ddpm, unipc"),
         (dict(num_frames=10), "num_frames=10 cannot be made: this model makes 1 \\+ 4k frames; use 9 or 13"),
         (dict(num_frames=0), "num_frames must be an integer >= 1"),
@@ -405,8 +434,11 @@ def test_sampling_settings_are_checked_and_round_trip():
         SamplingSettings(sampler="nope")
     with pytest.raises(ValueError, match="SamplingSettings.steps must be an int >= 1"):
         SamplingSettings(steps=0)
-    s = SamplingSettings(steps=12, guidance=5.0, num_frames=33, height=64, width=96)
+    with pytest.raises(ValueError, match="SamplingSettings.guidance_interval must be"):
+        SamplingSettings(guidance_interval=(1.0, 0.5))
+    s = SamplingSettings(steps=12, guidance=5.0, guidance_interval=(0.3, 1.0), num_frames=33, height=64, width=96)
     assert cfg.from_dict(SamplingSettings, json.loads(json.dumps(cfg.to_dict(s)))) == s
+    assert SamplingSettings(guidance_interval=(0, math.inf)).guidance_interval is None  # every step
 
 
 def test_check_frames_names_the_nearest_valid_counts(pipe):

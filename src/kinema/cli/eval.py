@@ -35,10 +35,10 @@ def _load_pipeline(model: str, device: str, precision: str):
     return Pipeline.load(model, device=device, precision=precision)
 
 
-def _settings(steps: int | None, sampler: str | None, guidance: float | None, seed: int):
+def _settings(steps: int | None, sampler: str | None, guidance: float | None, interval: str | None, seed: int):
     from kinema.errors import KinemaError
     from kinema.eval.shapes_eval import GenerationSettings
-    from kinema.pipelines.common import check_guidance, check_sampler
+    from kinema.pipelines.common import check_guidance, check_sampler, parse_guidance_interval
 
     if sampler is not None:
         check_sampler(sampler)
@@ -46,7 +46,8 @@ def _settings(steps: int | None, sampler: str | None, guidance: float | None, se
         check_guidance(guidance)
     if seed < 0:
         raise KinemaError(f"--seed must be >= 0, got {seed}")
-    return GenerationSettings(steps=steps, sampler=sampler, guidance=guidance, seed=seed)
+    guidance_interval = None if interval is None else parse_guidance_interval(interval)
+    return GenerationSettings(steps=steps, sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, seed=seed)
 
 
 def _progress(message: str) -> None:
@@ -63,6 +64,7 @@ def shapes(
     steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the pipeline's)."),
     sampler: str = typer.Option(None, "--sampler", help="Sampler (default: the pipeline's): euler, heun, dpmpp_2m, ddim, ddpm, ..."),
     guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
+    guidance_interval: str = typer.Option(None, "--guidance-interval", metavar="LO,HI", help="Guide only at noise levels sigma in [LO, HI]; 0,inf: every step (default: the pipeline's)."),
     seed: int = typer.Option(0, "--seed", help="Clip i is sampled with seed + i, in every row."),
     out: Path = typer.Option(Path("report.json"), "--out", help="The JSON report; the .md summary and .png contact sheet go beside it."),
     save_videos: Path = typer.Option(None, "--save-videos", help="Keep every clip here (DIR/model/0000.mp4, DIR/within_frame/...), prompt in its metadata."),
@@ -75,7 +77,7 @@ def shapes(
     from kinema.eval.shapes_eval import evaluate_shapes, get_task, shapes_markdown
 
     get_task(task)  # a bad name fails before the model loads
-    settings = _settings(steps, sampler, guidance, seed)
+    settings = _settings(steps, sampler, guidance, guidance_interval, seed)
     pipe = _load_pipeline(model, device, precision)
     report, sheet = evaluate_shapes(
         pipe, model=model, n=n, split=split, task=task, settings=settings, i3d=i3d, save_videos=save_videos,
@@ -94,6 +96,7 @@ def digits(
     steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the pipeline's)."),
     sampler: str = typer.Option(None, "--sampler", help="Sampler (default: the pipeline's)."),
     guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
+    guidance_interval: str = typer.Option(None, "--guidance-interval", metavar="LO,HI", help="Guide only at noise levels sigma in [LO, HI]; 0,inf: every step (default: the pipeline's)."),
     seed: int = typer.Option(0, "--seed", help="Clip i is sampled with seed + i, in every row."),
     out: Path = typer.Option(Path("digits_report.json"), "--out", help="The JSON report; the .md and .png go beside it."),
     save_videos: Path = typer.Option(None, "--save-videos", help="Keep every clip here, prompt in its metadata."),
@@ -105,7 +108,7 @@ def digits(
     from kinema.eval.digits import digits_markdown, evaluate_digits
     from kinema.eval.report import write_report
 
-    settings = _settings(steps, sampler, guidance, seed)
+    settings = _settings(steps, sampler, guidance, guidance_interval, seed)
     pipe = _load_pipeline(model, device, precision)
     report, sheet = evaluate_digits(
         pipe, model=model, n=n, digits=count, settings=settings, classifier=classifier, save_videos=save_videos, progress=_progress

@@ -43,6 +43,7 @@ def generate(
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="euler, heun, dpmpp_2m, ddim, ddpm or unipc (default: the model's)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale >= 0 (1 is off; default: the model's)."),
+    guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", metavar="LO,HI", help="Guide only at noise levels sigma in [LO, HI] (cheaper steps elsewhere); 0,inf guides every step (default: the model's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the first video (the next use seed + 1, ...); default random, printed."),
     num: int = typer.Option(1, "--num", help="Videos per prompt."),
     prompts_file: Optional[str] = typer.Option(None, "--prompts", help="A text file of prompts, one a line: a video each; with --extend, one per window."),
@@ -79,6 +80,7 @@ def generate(
         common.check_steps(steps)
     if guidance is not None:
         common.check_guidance(guidance)
+    interval = None if guidance_interval is None else common.parse_guidance_interval(guidance_interval)
     if fps is not None:
         common.check_fps(fps)
     if frames is not None:
@@ -109,7 +111,7 @@ def generate(
     pipe = Pipeline.load(model, device=device, precision=precision)
     _warn_unfamiliar(pipe, prompts)
     common_args: dict[str, Any] = dict(
-        num_inference_steps=steps, guidance_scale=guidance, sampler=sampler, seed=seed, num_videos=num, fps=fps,
+        num_inference_steps=steps, guidance_scale=guidance, guidance_interval=interval, sampler=sampler, seed=seed, num_videos=num, fps=fps,
         progress=not quiet,
     )  # fmt: skip
     total = _total_frames(pipe, frames, clip, extend is not None)

@@ -413,11 +413,7 @@ def evaluate_digits(
         "n": n,
         "digits": digits,
         "clip": {"frames": frames, "size": size},
-        "settings": {
-            "steps": settings.steps or pipe.settings.steps, "sampler": settings.sampler or pipe.settings.sampler,
-            "guidance": pipe.settings.guidance if settings.guidance is None else settings.guidance, "seed": settings.seed,
-            "prompt_seed": PROMPT_SEED,
-        },
+        "settings": settings.resolved(pipe),
         "classifier": {"test_accuracy": info.get("test_accuracy"), "sha256": info.get("sha256")},
         "rows": rows,
         "clips": records,
@@ -430,6 +426,7 @@ def evaluate_digits(
 def digits_markdown(report: dict[str, Any]) -> str:
     """The Markdown summary of a digits report."""
     from kinema.eval.report import markdown_table, number, percent
+    from kinema.eval.shapes_eval import sampling_line
 
     columns = [
         ("row", lambda r: r["label"]),
@@ -447,8 +444,8 @@ def digits_markdown(report: dict[str, Any]) -> str:
         f"# Moving-digits evaluation: {report['model']}",
         "",
         f"{report['n']} captions of the test split ({report['digits']} digit(s) per clip), {report['clip']['frames']} frames "
-        f"of {report['clip']['size']}x{report['clip']['size']}. Sampler {s['sampler']}, {s['steps']} steps, guidance "
-        f"{s['guidance']}, seeds {s['seed']}..{s['seed'] + report['n'] - 1}. Model hash `{report['model_hash']}`.",
+        f"of {report['clip']['size']}x{report['clip']['size']}. {sampling_line(s, report['n'])} "
+        f"Model hash `{report['model_hash']}`.",
         "",
         markdown_table(report["rows"], columns),
         "",

@@ -63,6 +63,8 @@ class GenerationSettings:
     """Sampler name (euler, heun, dpmpp_2m, ddim, ddpm, ...)."""
     guidance: float | None = None
     """Classifier-free guidance scale."""
+    guidance_interval: tuple[float, float] | None = None
+    """(sigma_lo, sigma_hi): guide only at these noise levels ((0, inf): every step)."""
     seed: int = 0
     """Clip i is sampled with seed + i (the same in every row, so rows are paired)."""
 
@@ -73,10 +75,40 @@ class GenerationSettings:
             raise ValueError(f"GenerationSettings.guidance must be >= 0 or None, got {self.guidance!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"GenerationSettings.seed must be an int >= 0, got {self.seed!r}")
+        if self.guidance_interval is not None:
+            from kinema.pipelines.common import check_guidance_interval
+
+            try:
+                check_guidance_interval(self.guidance_interval)
+            except KinemaError as e:
+                raise ValueError(f"GenerationSettings.{e}") from None
 
     def kwargs(self, index: int) -> dict[str, Any]:
         """The sampling keywords of clip `index` for Pipeline.generate / extend."""
-        return {"num_inference_steps": self.steps, "sampler": self.sampler, "guidance_scale": self.guidance, "seed": self.seed + index}
+        return {
+            "num_inference_steps": self.steps, "sampler": self.sampler, "guidance_scale": self.guidance,
+            "guidance_interval": self.guidance_interval, "seed": self.seed + index,
+        }  # fmt: skip
+
+    def resolved(self, pipe: Pipeline) -> dict[str, Any]:
+        """What the clips were sampled with, the pipeline's defaults filled in (for the report)."""
+        from kinema.pipelines.common import check_guidance_interval
+
+        interval = pipe.settings.guidance_interval if self.guidance_interval is None else self.guidance_interval
+        interval = None if interval is None else check_guidance_interval(interval)
+        return {
+            "steps": self.steps or pipe.settings.steps, "sampler": self.sampler or pipe.settings.sampler,
+            "guidance": pipe.settings.guidance if self.guidance is None else self.guidance,
+            "guidance_interval": None if interval is None else list(interval), "seed": self.seed,
+            "prompt_seed": PROMPT_SEED,
+        }  # fmt: skip
+
+
+def sampling_line(s: dict[str, Any], n: int) -> str:
+    """The report's sentence on how clips were sampled, from `GenerationSettings.resolved`."""
+    interval = s.get("guidance_interval")
+    where = "" if interval is None else f" at sigma in [{interval[0]:g}, {interval[1]:g}]"
+    return f"Sampler {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}{where}, seeds {s['seed']}..{s['seed'] + n - 1}."
 
 
 MakeClip = Callable[["Pipeline", str, np.ndarray, dict[str, Any]], "Video"]
@@ -413,11 +445,7 @@ def evaluate_shapes(
         "n": n,
         "per_combination": per_combination,
         "clip": {"frames": frames, "size": size, "probed_frames": frames},
-        "settings": {
-            "steps": settings.steps or pipe.settings.steps, "sampler": settings.sampler or pipe.settings.sampler,
-            "guidance": pipe.settings.guidance if settings.guidance is None else settings.guidance, "seed": settings.seed,
-            "prompt_seed": PROMPT_SEED,
-        },
+        "settings": settings.resolved(pipe),
         "fvd": {"label": extractor.label, "standard": extractor.standard, "real_row": REAL_FVD_NOTE},
         "rows": rows,
         "clips": clip_records,
@@ -471,8 +499,7 @@ def shapes_markdown(report: dict[str, Any]) -> str:
         "",
         f"Task **{report['task']['name']}** ({report['task']['description']}), split **{report['split']}**, "
         f"{_prompts_line(report)}, {report['clip']['frames']} frames of {report['clip']['size']}x{report['clip']['size']}. "
-        f"Sampler {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}, seeds {s['seed']}..{s['seed'] + report['n'] - 1}. "
-        f"Model hash `{report['model_hash']}`.",
+        f"{sampling_line(s, report['n'])} Model hash `{report['model_hash']}`.",
         "",
         markdown_table(report["rows"], columns),
         "",

@@ -64,6 +64,30 @@ def check_guidance(guidance: Any) -> float:
     return float(guidance)
 
 
+def check_guidance_interval(interval: Any) -> tuple[float, float] | None:
+    """(sigma_lo, sigma_hi), 0 <= lo <= hi (hi may be inf): guide only at those noise levels; None if that is every level."""
+    ok = isinstance(interval, (tuple, list)) and len(interval) == 2
+    ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v) for v in interval)
+    if not ok or not 0 <= interval[0] <= interval[1] or math.isinf(interval[0]):
+        raise KinemaError(
+            f"guidance_interval must be (sigma_lo, sigma_hi) with 0 <= lo <= hi: the noise levels where guidance "
+            f"runs, e.g. (0.3, 1.0) for a flow-matching model; (0, inf) guides every step. Got {interval!r}"
+        )
+    lo, hi = float(interval[0]), float(interval[1])
+    return None if lo == 0 and math.isinf(hi) else (lo, hi)
+
+
+def parse_guidance_interval(text: str, flag: str = "--guidance-interval") -> tuple[float, float]:
+    """The CLI form "LO,HI" (e.g. "0.3,1" or "0,inf") as a checked (lo, hi)."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise KinemaError(f"{flag} {text!r}: give LO,HI, the noise levels where guidance runs (e.g. 0.3,1 or 0,inf)") from None
+    checked = check_guidance_interval((lo, hi))
+    return (0.0, math.inf) if checked is None else checked
+
+
 def check_strength(strength: Any) -> float:
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
         raise KinemaError(
@@ -179,6 +203,8 @@ class Plan:
     """Denoising steps of the full schedule."""
     guidance: float
     """Classifier-free guidance scale."""
+    guidance_interval: tuple[float, float] | None
+    """(sigma_lo, sigma_hi): guide only at these noise levels (the conditional pass alone elsewhere); None: always."""
     num_frames: int
     """Pixel frames of the clip (of one window, for an extension)."""
     latent_shape: tuple[int, int, int, int]
@@ -203,6 +229,7 @@ def make_plan(
     height: int | None,
     width: int | None,
     fps: float | None,
+    guidance_interval: tuple[float, float] | None = None,
     least_latents: int = 1,
     frames_name: str = "num_frames",
 ) -> Plan:
@@ -214,6 +241,8 @@ def make_plan(
     sampler = check_sampler(s.sampler if sampler is None else sampler)
     steps = check_steps(s.steps if steps is None else steps)
     guidance = check_guidance(s.guidance if guidance is None else guidance)
+    interval = guidance_interval if guidance_interval is not None else s.guidance_interval
+    interval = None if interval is None else check_guidance_interval(interval)
     fps = check_fps(s.fps if fps is None else fps)
     seed = draw_seed() if seed is None else check_seed(seed)
     if seed + num_samples - 1 > MAX_SEED:
@@ -225,6 +254,7 @@ def make_plan(
         sampler=sampler,
         steps=steps,
         guidance=guidance,
+        guidance_interval=interval,
         num_frames=num_frames,
         latent_shape=(pipe.vae.config.latent_channels, t, h, w),
         height=height,
@@ -291,7 +321,12 @@ def draw_noise(shape: tuple[int, ...], rngs: Sequence[SampleRandom], *, device: 
 
 
 def make_denoiser(
-    model: torch.nn.Module, process: Any, cond: Conditioning, text: TextInputs, guidance: float
+    model: torch.nn.Module,
+    process: Any,
+    cond: Conditioning,
+    text: TextInputs,
+    guidance: float,
+    interval: tuple[float, float] | None = None,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """`denoise(x, sigma) -> x0_hat` for one sample: guided, conditioned on the known latents, and pasting them.
 
@@ -299,7 +334,7 @@ def make_denoiser(
     x before the network sees it; they are pasted into x0_hat too, so every step keeps them exactly.
     """
     base = model_to_denoiser(model, process)
-    denoise = guided(base, {**text.cond, "cond_channels": channels(cond)}, text.uncond, guidance)
+    denoise = guided(base, {**text.cond, "cond_channels": channels(cond)}, text.uncond, guidance, interval=interval)
 
     def pasted(x: Tensor, sigma: Tensor) -> Tensor:
         return paste_known(denoise(paste_known(x, cond), sigma), cond)
@@ -328,7 +363,7 @@ def run_sampler(
     out = []
     for i in range(x.shape[0]):
         cond_i = Conditioning(latents=cond.latents[i : i + 1], mask=cond.mask[i : i + 1])
-        denoise = make_denoiser(pipe.denoiser, pipe.process, cond_i, texts[i], plan.guidance)
+        denoise = make_denoiser(pipe.denoiser, pipe.process, cond_i, texts[i], plan.guidance, plan.guidance_interval)
         with pipe.autocast():
             sample_i = sample(
                 denoise, paste_known(x[i : i + 1], cond_i), sigmas, process=pipe.process, method=plan.sampler,
@@ -381,6 +416,7 @@ def metadata(
             "sampler": plan.sampler,
             "steps": plan.steps,
             "guidance": plan.guidance,
+            **({} if plan.guidance_interval is None else {"guidance_interval": "%g,%g" % plan.guidance_interval}),
             "model_hash": pipe.model_hash,
             **{k: v for k, v in extra.items() if v is not None},
         }

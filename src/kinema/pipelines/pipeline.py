@@ -45,6 +45,9 @@ class SamplingSettings:
     """Denoising steps."""
     guidance: float = 4.0
     """Classifier-free guidance scale: 1 is off, 0 unconditional, 3-7 usual."""
+    guidance_interval: tuple[float, float] | None = None
+    """(sigma_lo, sigma_hi): guide only at these noise levels, the conditional pass alone elsewhere, which is
+    cheaper (Kynkaanniemi et al. 2024); None guides every step."""
     num_frames: int = 17
     """Frames of a clip (1 + k * the VAE's temporal factor), and of each window of an extension."""
     height: int = 64
@@ -67,6 +70,13 @@ class SamplingSettings:
                 raise ValueError(f"SamplingSettings.{name} must be an int >= 1, got {value!r}")
         if not self.guidance >= 0:
             raise ValueError(f"SamplingSettings.guidance must be >= 0, got {self.guidance}")
+        if self.guidance_interval is not None:
+            from kinema.pipelines.common import check_guidance_interval
+
+            try:  # (0, inf) is stored as None, every step
+                object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
+            except KinemaError as e:
+                raise ValueError(f"SamplingSettings.{e}") from None
         if not self.fps > 0:
             raise ValueError(f"SamplingSettings.fps must be > 0, got {self.fps}")
         if self.precision not in PRECISIONS:
@@ -193,6 +203,7 @@ class Pipeline:
         width: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         sampler: str | None = None,
         seed: int | None = None,
         num_videos: int = 1,
@@ -204,7 +215,8 @@ class Pipeline:
         prompt: a prompt, or a list (one video per prompt and seed). image: a path, `Video`, uint8 array
         or tensor (see `kinema.pipelines.inputs`); the clip takes its size unless height/width are given,
         in which case it is resized. seed: sample i uses seed + i (None: a random seed, recorded in the
-        metadata). Defaults for the rest come from `self.settings`.
+        metadata). guidance_interval: (sigma_lo, sigma_hi), the noise levels where guidance runs ((0, inf):
+        every step). Defaults for the rest come from `self.settings`.
         """
         from kinema.pipelines import tasks
         from kinema.pipelines.inputs import as_image, resized
@@ -217,6 +229,7 @@ class Pipeline:
             width = picture.width if width is None else width
         plan = self._plan(
             len(prompts), seed, num_inference_steps, guidance_scale, sampler, num_frames, height, width, fps,
+            guidance_interval=guidance_interval,
             least_latents=1 if picture is None else 2,  # image-to-video needs a latent frame after the image
         )  # fmt: skip
         with common.Progress(len(prompts) * plan.steps, progress, "generate") as bar:
@@ -238,6 +251,7 @@ class Pipeline:
         width: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         sampler: str | None = None,
         seed: int | None = None,
         num_videos: int = 1,
@@ -257,7 +271,7 @@ class Pipeline:
         width = start.width if width is None else width
         plan = self._plan(
             len(prompts), seed, num_inference_steps, guidance_scale, sampler, num_frames, height, width, fps,
-            least_latents=3,
+            guidance_interval=guidance_interval, least_latents=3,
         )  # fmt: skip
         size = (plan.height, plan.width)
         with common.Progress(len(prompts) * plan.steps, progress, "interpolate") as bar:
@@ -275,6 +289,7 @@ class Pipeline:
         window_frames: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         sampler: str | None = None,
         seed: int | None = None,
         num_videos: int = 1,
@@ -299,6 +314,7 @@ class Pipeline:
         plan = self._plan(
             num_videos, seed, num_inference_steps, guidance_scale, sampler, window_frames, clip.height, clip.width,
             clip.fps if fps is None else fps, least_latents=2, frames_name="window_frames",
+            guidance_interval=guidance_interval,
         )  # fmt: skip
         context = self._context_frames(context_frames, plan)
         adds = tasks.extension_windows(self, clip.num_frames, new_frames, context, plan)
@@ -324,6 +340,7 @@ class Pipeline:
         mask: Any = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         sampler: str | None = None,
         seed: int | None = None,
         num_videos: int = 1,
@@ -345,7 +362,7 @@ class Pipeline:
         pixels = None if mask is None else as_mask(mask, clip)
         plan = self._plan(
             len(prompts), seed, num_inference_steps, guidance_scale, sampler, clip.num_frames, clip.height, clip.width,
-            clip.fps if fps is None else fps, frames_name="video frames",
+            clip.fps if fps is None else fps, frames_name="video frames", guidance_interval=guidance_interval,
         )  # fmt: skip
         run = tasks.edit_steps(strength, plan.steps)
         with common.Progress(len(prompts) * run, progress, "edit") as bar:
