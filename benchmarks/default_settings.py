@@ -10,8 +10,8 @@ that passes (fewest network passes, then fastest) is marked; the README's defaul
     python benchmarks/default_settings.py                           # the shipped `shapes` pipeline
     python benchmarks/default_settings.py --model DIR --points euler:8,euler:12,dpmpp_2m:8:3.0,euler:16:4:0.3-1
 
-A point is sampler:steps[:guidance[:lo-hi]] (default guidance: --guidance, else the pipeline's; lo-hi: guide
-only at sigma in [lo, hi], default every step).
+A point is sampler:steps[:guidance[:lo-hi[:first]]] (default guidance: --guidance, else the pipeline's;
+lo-hi: guide only at sigma in [lo, hi], "all" for every step; first: frame 0 is sampled first, image_first).
 """
 
 from __future__ import annotations
@@ -29,21 +29,28 @@ DEFAULT_POINTS = "euler:6,euler:8,euler:12,euler:16,dpmpp_2m:6,dpmpp_2m:8,dpmpp_
 BARS = {"train": 0.95, "heldout": 0.85}
 
 
-def network_passes(pipe, sampler: str, steps: int, guidance: float, interval: tuple[float, float] | None) -> int:
+def network_passes(
+    pipe, sampler: str, steps: int, guidance: float, interval: tuple[float, float] | None, image_first: bool
+) -> float:
     """Batch-1 network passes of one clip: a guided evaluation is two (cond + uncond), an unguided one one.
 
     Heun evaluates at every sigma and again at the next one (not on its last step, to 0); the others once a step.
+    With image_first the one-frame run first counts as 1/T of a pass per evaluation (T latent frames).
     """
     sigmas = pipe.process.sigmas(steps).tolist()
     evaluated = sigmas[:-1] + (sigmas[1:-1] if sampler == "heun" else [])
     lo, hi = interval if interval is not None else (0.0, float("inf"))
-    return sum(2 if guidance != 1.0 and lo <= s <= hi else 1 for s in evaluated)
+    passes = sum(2 if guidance != 1.0 and lo <= s <= hi else 1 for s in evaluated)
+    if not image_first:
+        return passes
+    latent_frames = 1 + (pipe.settings.num_frames - 1) // pipe.vae.config.temporal_factor
+    return passes * (1 + 1 / latent_frames)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes", help="a pipeline directory or shipped name (default: shapes)")
-    parser.add_argument("--points", default=DEFAULT_POINTS, help="comma-separated sampler:steps[:guidance[:lo-hi]]")
+    parser.add_argument("--points", default=DEFAULT_POINTS, help="comma-separated sampler:steps[:guidance[:lo-hi[:first]]]")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
     parser.add_argument("--per-combination", type=int, default=2, help="held-out clips per combination and size")
     parser.add_argument("--train-n", type=int, default=64, help="random train-split prompts")
@@ -58,16 +65,20 @@ def main() -> None:
     guidance = pipe.settings.guidance if args.guidance is None else args.guidance
     print(f"{args.model}: t2v, guidance {guidance}; held out: every combination x 2 sizes x {args.per_combination}; "
           f"train: {args.train_n} random prompts")  # fmt: skip
-    header = f"{'sampler':>9} {'steps':>5} {'cfg':>4} {'interval':>9} {'passes':>6} {'train joint':>12} {'heldout joint':>14} {'s/clip':>7}  pass"
+    header = f"{'sampler':>9} {'steps':>5} {'cfg':>4} {'interval':>9} {'first':>5} {'passes':>6} {'train joint':>12} {'heldout joint':>14} {'s/clip':>7}  pass"
     print(header)
     rows = []
     for point in args.points.split(","):
         sampler, steps, *rest = point.split(":")
         cfg = float(rest[0]) if rest else guidance
-        interval = tuple(float(v) for v in rest[1].split("-")) if len(rest) > 1 else None
-        settings = GenerationSettings(sampler=sampler, steps=int(steps), guidance=cfg, guidance_interval=interval, seed=0)
+        interval = tuple(float(v) for v in rest[1].split("-")) if len(rest) > 1 and rest[1] != "all" else None
+        first = len(rest) > 2 and rest[2] == "first"
+        settings = GenerationSettings(
+            sampler=sampler, steps=int(steps), guidance=cfg, guidance_interval=interval, image_first=first, seed=0
+        )
         row: dict = {"sampler": sampler, "steps": int(steps), "guidance": cfg, "guidance_interval": interval}
-        row["passes_per_clip"] = network_passes(pipe, sampler, int(steps), cfg, interval)
+        row["image_first"] = first
+        row["passes_per_clip"] = network_passes(pipe, sampler, int(steps), cfg, interval, first)
         seconds = []
         for split in ("train", "heldout"):
             start = time.perf_counter()
@@ -85,16 +96,16 @@ def main() -> None:
         row["passes"] = all(row[split]["rate"] >= bar for split, bar in BARS.items())
         rows.append(row)
         shown = "all" if interval is None else f"{interval[0]:g}-{interval[1]:g}"
-        print(f"{sampler:>9} {steps:>5} {cfg:>4g} {shown:>9} {row['passes_per_clip']:>6} {row['train']['rate']:>11.1%} {row['heldout']['rate']:>13.1%} "
+        print(f"{sampler:>9} {steps:>5} {cfg:>4g} {shown:>9} {'yes' if first else 'no':>5} {row['passes_per_clip']:>6.1f} {row['train']['rate']:>11.1%} {row['heldout']['rate']:>13.1%} "
               f"{row['seconds_per_clip']:>7.2f}  {'yes' if row['passes'] else 'no'}", flush=True)  # fmt: skip
     passing = [r for r in rows if r["passes"]]
     best = min(passing, key=lambda r: (r["passes_per_clip"], r["seconds_per_clip"])) if passing else None
     print(f"cheapest passing: {best['sampler']} {best['steps']} steps, guidance {best['guidance']}, "
-          f"interval {best['guidance_interval'] or 'all'}" if best else "no point meets the bars")  # fmt: skip
+          f"interval {best['guidance_interval'] or 'all'}, image_first {best['image_first']}" if best else "no point meets the bars")  # fmt: skip
     result = {
         "model": args.model, "model_hash": pipe.model_hash, "guidance": guidance, "bars": BARS,
         "per_combination": args.per_combination, "train_n": args.train_n, "rows": rows,
-        "cheapest_passing": None if best is None else {k: best[k] for k in ("sampler", "steps", "guidance", "guidance_interval")},
+        "cheapest_passing": None if best is None else {k: best[k] for k in ("sampler", "steps", "guidance", "guidance_interval", "image_first")},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__},
     }  # fmt: skip

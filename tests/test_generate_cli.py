@@ -52,13 +52,13 @@ def fails(capsys, *argv: str) -> str:
 def test_text_to_video_writes_the_file_and_its_sidecar(model, tmp_path, capsys):
     out = tmp_path / "circle.mp4"
     run(PROMPT, "--model", str(model), "--seed", "3", "--out", str(out), "--guidance", "2.5", "--sampler", "heun",
-        "--guidance-interval", "0.5,1")
+        "--guidance-interval", "0.5,1", "--image-first")
     assert "wrote" in capsys.readouterr().out
     video = read_video(out)
     assert video.num_frames == 9 and (video.height, video.width) == (16, 16)
     m = video.metadata
     assert m["prompt"] == PROMPT and m["seed"] == 3 and m["sampler"] == "heun" and m["steps"] == 1
-    assert m["guidance"] == 2.5 and m["guidance_interval"] == "0.5,1" and m["model_hash"] == json.loads((model / "pipeline.json").read_text())["hash"]
+    assert m["guidance"] == 2.5 and m["guidance_interval"] == "0.5,1" and m["image_first"] is True and m["model_hash"] == json.loads((model / "pipeline.json").read_text())["hash"]
     assert m["kinema_version"]
     sidecar = json.loads((tmp_path / "circle.mp4.json").read_text())
     assert sidecar["file"] == "circle.mp4" and sidecar["metadata"] == m and sidecar["frames"] == 9
@@ -140,6 +140,7 @@ def test_extension_and_masked_edit(model, files, tmp_path):
         (["--edit", "{clip}", "--strength", "1.5"], "strength must be in (0, 1]"),
         (["--strength", "0.5"], "--strength applies to --edit VIDEO only"),
         (["--last-image", "{last}"], "--last-image needs --image"),
+        (["--image", "{last}", "--image-first"], "--image-first applies to text-to-video only; --image gives"),
         (["--image", "{last}", "--extend", "{clip}"], "--image and --extend are different tasks"),
         (["--extend", "{clip}"], "--extend needs --frames N"),
         (["--edit", "{clip}", "--frames", "9"], "--frames does not apply to --edit"),

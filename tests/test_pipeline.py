@@ -218,6 +218,21 @@ def test_guidance_interval_defaults_to_the_pipeline_settings(pipe):
     assert np.array_equal(narrowed.generate(PROMPT, guidance_interval=(0, math.inf), **kw).frames, pipe.generate(PROMPT, **kw).frames)
 
 
+def test_image_first_makes_frame_zero_as_an_image_then_the_clip_from_it(pipe, capsys):
+    kw = dict(seed=5, num_inference_steps=STEPS)
+    joint = pipe.generate(PROMPT, **kw)
+    factorized = pipe.generate(PROMPT, image_first=True, progress=True, **kw)
+    assert "4/4" in capsys.readouterr().err  # two sampling runs of STEPS steps
+    image = pipe.generate(PROMPT, num_frames=1, **kw)  # stage one alone: the same seed draws the same noise
+    # the causal decoder makes frame 0 from latent frame 0 alone, so frame 0 is that image
+    assert np.abs(factorized.frames[0].astype(int) - image.frames[0].astype(int)).max() <= 1
+    assert factorized.frames.shape == joint.frames.shape and not np.array_equal(factorized.frames, joint.frames)
+    assert factorized.metadata["image_first"] is True and "image_first" not in joint.metadata
+    # image-to-video is given its frame 0: the setting does not apply
+    given = pipe.generate(PROMPT, image=picture(), **kw)
+    assert np.array_equal(pipe.generate(PROMPT, image=picture(), image_first=True, **kw).frames, given.frames)
+
+
 def test_vp_process_and_other_samplers(pipe):
     from kinema.diffusion import VPDiffusion
 
@@ -372,6 +387,7 @@ def test_unknown_names_list_the_shipped_ones(saved, tmp_path, monkeypatch):
         (dict(guidance_scale=-1.0), r"guidance \(guidance_scale\) must be a number >= 0"),
         (dict(guidance_interval=(0.5, 0.2)), r"guidance_interval must be \(sigma_lo, sigma_hi\) with 0 <= lo <= hi"),
         (dict(guidance_interval=0.5), r"guidance_interval must be .*Got 0.5"),
+        (dict(image_first="yes"), "image_first must be True or False, got 'yes'"),
         (dict(sampler="euler_a"), "unknown sampler 'euler_a'; choose one of euler, heun, dpmpp_2m, ddim, ddpm, unipc"),
         (dict(num_frames=10), "num_frames=10 cannot be made: this model makes 1 \\+ 4k frames; use 9 or 13"),
         (dict(num_frames=0), "num_frames must be an integer >= 1"),

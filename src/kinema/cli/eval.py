@@ -35,7 +35,10 @@ def _load_pipeline(model: str, device: str, precision: str):
     return Pipeline.load(model, device=device, precision=precision)
 
 
-def _settings(steps: int | None, sampler: str | None, guidance: float | None, interval: str | None, seed: int):
+def _settings(
+    steps: int | None, sampler: str | None, guidance: float | None, interval: str | None, seed: int,
+    image_first: bool | None = None,
+):
     from kinema.errors import KinemaError
     from kinema.eval.shapes_eval import GenerationSettings
     from kinema.pipelines.common import check_guidance, check_sampler, parse_guidance_interval
@@ -47,7 +50,10 @@ def _settings(steps: int | None, sampler: str | None, guidance: float | None, in
     if seed < 0:
         raise KinemaError(f"--seed must be >= 0, got {seed}")
     guidance_interval = None if interval is None else parse_guidance_interval(interval)
-    return GenerationSettings(steps=steps, sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, seed=seed)
+    return GenerationSettings(
+        steps=steps, sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, image_first=image_first,
+        seed=seed,
+    )
 
 
 def _progress(message: str) -> None:
@@ -65,6 +71,7 @@ def shapes(
     sampler: str = typer.Option(None, "--sampler", help="Sampler (default: the pipeline's): euler, heun, dpmpp_2m, ddim, ddpm, ..."),
     guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
     guidance_interval: str = typer.Option(None, "--guidance-interval", metavar="LO,HI", help="Guide only at noise levels sigma in [LO, HI]; 0,inf: every step (default: the pipeline's)."),
+    image_first: bool = typer.Option(None, "--image-first/--no-image-first", help="t2v: make frame 0 first, then the clip from it (default: the pipeline's)."),
     seed: int = typer.Option(0, "--seed", help="Clip i is sampled with seed + i, in every row."),
     out: Path = typer.Option(Path("report.json"), "--out", help="The JSON report; the .md summary and .png contact sheet go beside it."),
     save_videos: Path = typer.Option(None, "--save-videos", help="Keep every clip here (DIR/model/0000.mp4, DIR/within_frame/...), prompt in its metadata."),
@@ -77,7 +84,7 @@ def shapes(
     from kinema.eval.shapes_eval import evaluate_shapes, get_task, shapes_markdown
 
     get_task(task)  # a bad name fails before the model loads
-    settings = _settings(steps, sampler, guidance, guidance_interval, seed)
+    settings = _settings(steps, sampler, guidance, guidance_interval, seed, image_first)
     pipe = _load_pipeline(model, device, precision)
     report, sheet = evaluate_shapes(
         pipe, model=model, n=n, split=split, task=task, settings=settings, i3d=i3d, save_videos=save_videos,

@@ -44,6 +44,7 @@ def generate(
     sampler: Optional[str] = typer.Option(None, "--sampler", help="euler, heun, dpmpp_2m, ddim, ddpm or unipc (default: the model's)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale >= 0 (1 is off; default: the model's)."),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", metavar="LO,HI", help="Guide only at noise levels sigma in [LO, HI] (cheaper steps elsewhere); 0,inf guides every step (default: the model's)."),
+    image_first: Optional[bool] = typer.Option(None, "--image-first/--no-image-first", help="Text-to-video: make frame 0 first, then the clip from it (default: the model's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the first video (the next use seed + 1, ...); default random, printed."),
     num: int = typer.Option(1, "--num", help="Videos per prompt."),
     prompts_file: Optional[str] = typer.Option(None, "--prompts", help="A text file of prompts, one a line: a video each; with --extend, one per window."),
@@ -67,6 +68,8 @@ def generate(
     for flag, value in (("--strength", strength), ("--mask", mask)):
         if value is not None and edit is None:
             raise KinemaError(f"{flag} applies to --edit VIDEO only")
+    if image_first is not None and inputs:
+        raise KinemaError(f"--image-first applies to text-to-video only; {inputs[0]} gives the frames to start from")
     if extend is not None and frames is None:
         raise KinemaError("--extend needs --frames N: how many frames to add")
     if edit is not None and frames is not None:
@@ -123,7 +126,9 @@ def generate(
     elif last is not None:
         videos = pipe.interpolate(first, last, prompts, num_frames=frames, height=height, width=width, **common_args)
     else:
-        videos = pipe.generate(prompts, image=first, num_frames=frames, height=height, width=width, **common_args)
+        videos = pipe.generate(
+            prompts, image=first, num_frames=frames, height=height, width=width, image_first=image_first, **common_args
+        )
     videos = videos if isinstance(videos, list) else [videos]
 
     for video, target in zip(videos, targets):

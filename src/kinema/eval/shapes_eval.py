@@ -65,6 +65,8 @@ class GenerationSettings:
     """Classifier-free guidance scale."""
     guidance_interval: tuple[float, float] | None = None
     """(sigma_lo, sigma_hi): guide only at these noise levels ((0, inf): every step)."""
+    image_first: bool | None = None
+    """Text-to-video makes frame 0 first, then the clip from it (`SamplingSettings.image_first`)."""
     seed: int = 0
     """Clip i is sampled with seed + i (the same in every row, so rows are paired)."""
 
@@ -87,7 +89,7 @@ class GenerationSettings:
         """The sampling keywords of clip `index` for Pipeline.generate / extend."""
         return {
             "num_inference_steps": self.steps, "sampler": self.sampler, "guidance_scale": self.guidance,
-            "guidance_interval": self.guidance_interval, "seed": self.seed + index,
+            "guidance_interval": self.guidance_interval, "image_first": self.image_first, "seed": self.seed + index,
         }  # fmt: skip
 
     def resolved(self, pipe: Pipeline) -> dict[str, Any]:
@@ -99,7 +101,8 @@ class GenerationSettings:
         return {
             "steps": self.steps or pipe.settings.steps, "sampler": self.sampler or pipe.settings.sampler,
             "guidance": pipe.settings.guidance if self.guidance is None else self.guidance,
-            "guidance_interval": None if interval is None else list(interval), "seed": self.seed,
+            "guidance_interval": None if interval is None else list(interval),
+            "image_first": pipe.settings.image_first if self.image_first is None else self.image_first, "seed": self.seed,
             "prompt_seed": PROMPT_SEED,
         }  # fmt: skip
 
@@ -108,7 +111,11 @@ def sampling_line(s: dict[str, Any], n: int) -> str:
     """The report's sentence on how clips were sampled, from `GenerationSettings.resolved`."""
     interval = s.get("guidance_interval")
     where = "" if interval is None else f" at sigma in [{interval[0]:g}, {interval[1]:g}]"
-    return f"Sampler {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}{where}, seeds {s['seed']}..{s['seed'] + n - 1}."
+    first = ", frame 0 first (image_first)" if s.get("image_first") else ""
+    return (
+        f"Sampler {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}{where}{first}, "
+        f"seeds {s['seed']}..{s['seed'] + n - 1}."
+    )
 
 
 MakeClip = Callable[["Pipeline", str, np.ndarray, dict[str, Any]], "Video"]
@@ -123,6 +130,7 @@ def _image_to_video(pipe: Pipeline, prompt: str, real: np.ndarray, kw: dict[str,
 
 
 def _extend(pipe: Pipeline, prompt: str, real: np.ndarray, kw: dict[str, Any]) -> Video:
+    kw = {k: v for k, v in kw.items() if k != "image_first"}  # a text-to-video setting; the clip gives frame 0
     return pipe.extend(real, prompt, num_frames=(EXTEND_FACTOR - 1) * (len(real) - 1), **kw)
 
 

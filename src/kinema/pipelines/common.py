@@ -205,6 +205,8 @@ class Plan:
     """Classifier-free guidance scale."""
     guidance_interval: tuple[float, float] | None
     """(sigma_lo, sigma_hi): guide only at these noise levels (the conditional pass alone elsewhere); None: always."""
+    image_first: bool
+    """Text-to-video samples frame 0 alone first, then the clip from it (`SamplingSettings.image_first`)."""
     num_frames: int
     """Pixel frames of the clip (of one window, for an extension)."""
     latent_shape: tuple[int, int, int, int]
@@ -230,6 +232,7 @@ def make_plan(
     width: int | None,
     fps: float | None,
     guidance_interval: tuple[float, float] | None = None,
+    image_first: bool | None = None,
     least_latents: int = 1,
     frames_name: str = "num_frames",
 ) -> Plan:
@@ -243,6 +246,9 @@ def make_plan(
     guidance = check_guidance(s.guidance if guidance is None else guidance)
     interval = guidance_interval if guidance_interval is not None else s.guidance_interval
     interval = None if interval is None else check_guidance_interval(interval)
+    image_first = s.image_first if image_first is None else image_first
+    if not isinstance(image_first, bool):
+        raise KinemaError(f"image_first must be True or False, got {image_first!r}")
     fps = check_fps(s.fps if fps is None else fps)
     seed = draw_seed() if seed is None else check_seed(seed)
     if seed + num_samples - 1 > MAX_SEED:
@@ -255,6 +261,7 @@ def make_plan(
         steps=steps,
         guidance=guidance,
         guidance_interval=interval,
+        image_first=image_first,
         num_frames=num_frames,
         latent_shape=(pipe.vae.config.latent_channels, t, h, w),
         height=height,

@@ -48,6 +48,9 @@ class SamplingSettings:
     guidance_interval: tuple[float, float] | None = None
     """(sigma_lo, sigma_hi): guide only at these noise levels, the conditional pass alone elsewhere, which is
     cheaper (Kynkaanniemi et al. 2024); None guides every step."""
+    image_first: bool = False
+    """Text-to-video in two stages: frame 0 as an image (a one-frame clip), then the clip from it, as
+    image-to-video (Emu Video's factorized generation); costs one extra, much smaller, sampling run."""
     num_frames: int = 17
     """Frames of a clip (1 + k * the VAE's temporal factor), and of each window of an extension."""
     height: int = 64
@@ -208,6 +211,7 @@ class Pipeline:
         seed: int | None = None,
         num_videos: int = 1,
         fps: float | None = None,
+        image_first: bool | None = None,
         progress: bool = False,
     ) -> Video | list[Video]:
         """Text-to-video, or image-to-video when `image` is given (it becomes frame 0).
@@ -216,7 +220,8 @@ class Pipeline:
         or tensor (see `kinema.pipelines.inputs`); the clip takes its size unless height/width are given,
         in which case it is resized. seed: sample i uses seed + i (None: a random seed, recorded in the
         metadata). guidance_interval: (sigma_lo, sigma_hi), the noise levels where guidance runs ((0, inf):
-        every step). Defaults for the rest come from `self.settings`.
+        every step). image_first: text-to-video makes frame 0 first, then the clip from it (see
+        `SamplingSettings.image_first`). Defaults for the rest come from `self.settings`.
         """
         from kinema.pipelines import tasks
         from kinema.pipelines.inputs import as_image, resized
@@ -229,10 +234,11 @@ class Pipeline:
             width = picture.width if width is None else width
         plan = self._plan(
             len(prompts), seed, num_inference_steps, guidance_scale, sampler, num_frames, height, width, fps,
-            guidance_interval=guidance_interval,
+            guidance_interval=guidance_interval, image_first=image_first if picture is None else False,
             least_latents=1 if picture is None else 2,  # image-to-video needs a latent frame after the image
         )  # fmt: skip
-        with common.Progress(len(prompts) * plan.steps, progress, "generate") as bar:
+        runs = 2 if plan.image_first and plan.latent_shape[1] > 1 else 1
+        with common.Progress(len(prompts) * plan.steps * runs, progress, "generate") as bar:
             if picture is None:
                 videos = tasks.text_to_video(self, prompts, plan, bar.step)
             else:
