@@ -450,9 +450,11 @@ def test_sampling_settings_are_checked_and_round_trip():
         SamplingSettings(sampler="nope")
     with pytest.raises(ValueError, match="SamplingSettings.steps must be an int >= 1"):
         SamplingSettings(steps=0)
+    with pytest.raises(ValueError, match="SamplingSettings.image_first must be True or False"):
+        SamplingSettings(image_first="yes")
     with pytest.raises(ValueError, match="SamplingSettings.guidance_interval must be"):
         SamplingSettings(guidance_interval=(1.0, 0.5))
-    s = SamplingSettings(steps=12, guidance=5.0, guidance_interval=(0.3, 1.0), num_frames=33, height=64, width=96)
+    s = SamplingSettings(steps=12, guidance=5.0, guidance_interval=(0.3, 1.0), image_first=True, num_frames=33, height=64, width=96)
     assert cfg.from_dict(SamplingSettings, json.loads(json.dumps(cfg.to_dict(s)))) == s
     assert SamplingSettings(guidance_interval=(0, math.inf)).guidance_interval is None  # every step
 

@@ -80,6 +80,8 @@ class SamplingSettings:
                 object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
             except KinemaError as e:
                 raise ValueError(f"SamplingSettings.{e}") from None
+        if not isinstance(self.image_first, bool):
+            raise ValueError(f"SamplingSettings.image_first must be True or False, got {self.image_first!r}")
         if not self.fps > 0:
             raise ValueError(f"SamplingSettings.fps must be > 0, got {self.fps}")
         if self.precision not in PRECISIONS:
