@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from kinema import config as cfg
 from kinema.errors import KinemaError
 from kinema.train import checkpoint as ckpt
-from kinema.train.config import SAFE_ON_RESUME, override, resume_conflicts
+from kinema.train.config import SAFE_ON_RESUME, config_changes, override, resume_conflicts
 from kinema.train.data import Items, Pick, SampleRandom, collate, micro_batch, plan_step
 from kinema.train.ema import EMA
 from kinema.train.loop import NonFiniteError, train
@@ -86,6 +86,11 @@ def test_plan_is_a_pure_function_split_over_ranks_and_micro_steps():
     separate = [plan_step(s, **{**kw, "image_mode": "separate", "image_ratio": 0.5}) for s in range(20)]
     kinds = {tuple(p.frame >= 0 for p in batch) for batch in separate}
     assert kinds == {(True,) * 8, (False,) * 8}  # whole-image or whole-video steps
+    firsts = [plan_step(s, **{**kw, "image_frame": "first"}) for s in range(10)]
+    anys = [plan_step(s, **kw) for s in range(10)]
+    assert {p.frame for b in firsts for p in b if p.frame >= 0} == {0}  # images are frame 0
+    assert len({p.frame for b in anys for p in b if p.frame >= 0}) > 1  # images are any frame
+    assert [[(p.index, p.frame >= 0) for p in b] for b in firsts] == [[(p.index, p.frame >= 0) for p in b] for b in anys]
 
 
 def test_sample_randomness_depends_on_position_only():
@@ -193,6 +198,11 @@ def test_config_overrides_files_and_resume_checks(tmp_path):
     changed = override(base, {"steps": 99, "log.every": 5, "sample.every": 3, "optim.lr": 0.5, "dit.ffn_dim": 64})
     assert resume_conflicts(saved, changed) == ["dit.ffn_dim", "optim.lr"]
     assert "steps" in SAFE_ON_RESUME
+    # a run saved before a field existed resumes as if it had the field's default
+    older = cfg.to_dict(base)
+    del older["data"]["image_frame"]
+    assert resume_conflicts(older, base) == []
+    assert config_changes(older, override(base, {"data.image_frame": "first"})) == {"data.image_frame": ("any", "first")}
 
 
 def test_loss_curve_png(tmp_path):

@@ -34,6 +34,7 @@ PARALLEL = ("ddp", "fsdp")
 SCHEDULES = ("cosine", "constant")
 OPTIMIZER_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 IMAGE_MODES = ("mixed", "separate")
+IMAGE_FRAMES = ("any", "first")
 
 SAFE_ON_RESUME = ("steps", "log", "sample", "checkpoint.every", "checkpoint.keep", "data.num_workers")
 """Dotted names (and their sub-fields) that may change when a run resumes: they do not change what is learned."""
@@ -116,6 +117,9 @@ class DataConfig:
     """Fraction of samples that are images (a single frame of a clip) for joint image-video training."""
     image_mode: str = "mixed"
     """"mixed": every batch holds that fraction of images; "separate": that fraction of steps are all images."""
+    image_frame: str = "any"
+    """Which frame of its clip an image sample is: "any" (drawn uniformly), or "first", frame 0, the image a
+    model sampling text-to-video frame 0 first (`SamplingSettings.image_first`) must make: where it starts."""
     cache: bool = False
     """Cache VAE latents (and a frozen text encoder's embeddings) under DIR/cache so later epochs skip the encoders."""
 
@@ -128,6 +132,7 @@ class DataConfig:
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
         _check(0 <= self.image_ratio <= 1, f"data.image_ratio must be in [0, 1], got {self.image_ratio}")
         _check(self.image_mode in IMAGE_MODES, f"data.image_mode must be one of {IMAGE_MODES}, got {self.image_mode!r}")
+        _check(self.image_frame in IMAGE_FRAMES, f"data.image_frame must be one of {IMAGE_FRAMES}, got {self.image_frame!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -430,7 +435,15 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], new: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """{dotted name: (saved value, new value)} for every field that differs between a checkpoint's config and `new`."""
+    """{dotted name: (saved value, new value)} for every field that differs between a checkpoint's config and `new`.
+
+    A field the checkpoint's kinema did not have yet counts as its default (the behaviour it had then), so a
+    release that adds a field does not stop older runs from resuming.
+    """
+    try:
+        saved = cfg.to_dict(build(saved))
+    except KinemaError:  # fields this kinema no longer has: compare as written
+        pass
     a, b = flatten(saved), flatten(cfg.to_dict(new))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")}
 

@@ -12,7 +12,8 @@ the run), so it too does not depend on how the batch is split over ranks.
 
 Joint image and video training: an image is one frame of a clip, a one-frame
 video. With `image_ratio` r, "mixed" makes round(r * batch) samples of every batch
-images, "separate" makes a fraction r of the steps all-image steps. A micro-batch
+images, "separate" makes a fraction r of the steps all-image steps; `image_frame` picks any frame of
+the clip or its first. A micro-batch
 is a list of groups of equal frame count, each a forward pass of its own.
 """
 
@@ -71,6 +72,7 @@ def plan_step(
     seed: int,
     image_ratio: float = 0.0,
     image_mode: str = "mixed",
+    image_frame: str = "any",
     frames: int = 1,
 ) -> list[Pick]:
     """The global batch of optimiser step `step` (epochs of `n // batch_size` steps, last partial batch dropped)."""
@@ -84,7 +86,9 @@ def plan_step(
             is_image[:] = bool(torch.rand((), generator=g) < image_ratio)
         else:
             is_image[torch.randperm(batch_size, generator=g)[: round(image_ratio * batch_size)]] = True
-    frame = torch.randint(frames, (batch_size,), generator=g)
+    frame = torch.randint(frames, (batch_size,), generator=g)  # drawn either way: the same plan otherwise
+    if image_frame == "first":
+        frame.zero_()
     return [
         Pick(index, int(frame[slot]) if is_image[slot] else -1, step * batch_size + slot)
         for slot, index in enumerate(order)

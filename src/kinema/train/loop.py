@@ -198,7 +198,7 @@ def _train(
         )
     steps_per_epoch = n // d.batch_size
     plan = dict(n=n, batch_size=d.batch_size, seed=config.seed, frames=d.frames)
-    plan.update(image_ratio=d.image_ratio, image_mode=d.image_mode)
+    plan.update(image_ratio=d.image_ratio, image_mode=d.image_mode, image_frame=d.image_frame)
     cache = None
     if d.cache and config.stage == "diffusion":
         if world.is_main:

@@ -79,7 +79,10 @@ def _shapes_diffusion(*, text: TextEncoderConfig, steps: int, **denoiser) -> Tra
         ),
         optim=OptimConfig(lr=3e-4, warmup_steps=500, ema_decay=0.999),
         data=DataConfig(
-            dataset="shapes-mixed", size=64, frames=17, batch_size=16, num_workers=1, image_ratio=0.1, cache=True
+            dataset="shapes-mixed", size=64, frames=17, batch_size=16, num_workers=1, cache=True,
+            # images are first frames: text-to-video can then make frame 0 first (image_first) in a place
+            # the prompted motion has room to go, as the data places it
+            image_ratio=0.1, image_frame="first",
         ),
         checkpoint=CheckpointConfig(every=250, keep=3),
         sample=SampleConfig(every=1000, prompts=SHAPES_PROMPTS, steps=20, guidance=4.0),
@@ -94,7 +97,8 @@ def shapes_dit() -> TrainConfig:
     model's run was lengthened twice on resume: from 10,000 steps at step 3,095 (at 2,750 steps no clip was
     fully right) and to 30,000 at step 10,475 (16% of clips fully right at 10,000). Until step 8,404 it drew
     noise levels from the plain logit-normal (mean 0, std 1) and learned colour and shape but ignored the
-    motion words; it then resumed with the preset's mean 1, std 2 (`--allow-change diffusion.flow`).
+    motion words; it then resumed with the preset's mean 1, std 2 (`--allow-change diffusion.flow`). Its
+    image samples were any frame of a clip until step 13,750, then first frames (`--allow-change data.image_frame`).
     """
     return _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=30_000)
 
