@@ -11,10 +11,10 @@ caption dropout) comes from a generator seeded by (seed, the sample's position i
 the run), so it too does not depend on how the batch is split over ranks.
 
 Joint image and video training: an image is one frame of a clip, a one-frame
-video. With `image_ratio` r, "mixed" makes round(r * batch) samples of every batch
-images, "separate" makes a fraction r of the steps all-image steps; `image_frame` picks any frame of
-the clip or its first. A micro-batch
-is a list of groups of equal frame count, each a forward pass of its own.
+video (any frame, or with `image_frame="first"` frame 0). With `image_ratio` r,
+"mixed" makes round(r * batch) samples of every batch images, "separate" makes a
+fraction r of the steps all-image steps. A micro-batch is a list of groups of
+equal frame count, each a forward pass of its own.
 """
 
 from __future__ import annotations
