@@ -317,6 +317,15 @@ def test_latent_cache_gives_the_same_run(vae_dir, tmp_path):
     assert_same(weights(tmp_path / "plain", 12), weights(tmp_path / "cached", 12))
 
 
+def test_the_cache_outlives_changes_to_which_samples_are_drawn(vae_dir):
+    from kinema.train.loop import cache_meta
+
+    base = dit_debug(vae_dir, **{"data.cache": True})
+    drawn = override(base, {"data.image_ratio": 0.5, "data.image_frame": "first", "data.batch_size": 2})
+    assert cache_meta(drawn) == cache_meta(base)  # images are cached under their frame's key
+    assert cache_meta(override(base, {"data.frames": 9})) != cache_meta(base)
+
+
 # ---------------------------------------------------------------------------------------------- faults
 
 

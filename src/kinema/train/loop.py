@@ -476,6 +476,10 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm.detach().float().cpu()
 
 
+DRAWING_ONLY = ("batch_size", "num_workers", "cache", "image_ratio", "image_mode", "image_frame")
+"""Data fields that change which samples are drawn, not their latents: a cache outlives changes to them."""
+
+
 def cache_meta(config: TrainConfig) -> dict[str, Any]:
     """What cached latents and embeddings depend on; a cache made under anything else is cleared."""
     from kinema.models.checkpoint import weights_hash
@@ -483,7 +487,8 @@ def cache_meta(config: TrainConfig) -> dict[str, Any]:
     d = config.diffusion
     return {
         "vae": weights_hash(Path(d.vae_path) / "vae.safetensors"),
-        "data": {k: v for k, v in cfg.to_dict(config.data).items() if k not in ("batch_size", "num_workers", "cache")},
+        # what a sample's latents are, not which samples a step draws (an image is keyed by its frame)
+        "data": {k: v for k, v in cfg.to_dict(config.data).items() if k not in DRAWING_ONLY},
         "text": None if d.train_text_encoder else [d.text_encoder, cfg.to_dict(d.text) if d.text else None],
         "precision": config.precision,
     }
