@@ -94,10 +94,9 @@ class GenerationSettings:
 
     def resolved(self, pipe: Pipeline) -> dict[str, Any]:
         """What the clips were sampled with, the pipeline's defaults filled in (for the report)."""
-        from kinema.pipelines.common import check_guidance_interval
+        from kinema.pipelines.common import resolve_guidance_interval
 
-        interval = pipe.settings.guidance_interval if self.guidance_interval is None else self.guidance_interval
-        interval = None if interval is None else check_guidance_interval(interval)
+        interval = resolve_guidance_interval(pipe.settings, self.guidance_interval)
         return {
             "steps": self.steps or pipe.settings.steps, "sampler": self.sampler or pipe.settings.sampler,
             "guidance": pipe.settings.guidance if self.guidance is None else self.guidance,

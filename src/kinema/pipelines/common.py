@@ -77,6 +77,12 @@ def check_guidance_interval(interval: Any) -> tuple[float, float] | None:
     return None if lo == 0 and math.isinf(hi) else (lo, hi)
 
 
+def resolve_guidance_interval(settings: SamplingSettings, interval: Any) -> tuple[float, float] | None:
+    """A call's interval, or the pipeline's default when it gives none; checked, None meaning every step."""
+    interval = settings.guidance_interval if interval is None else interval
+    return None if interval is None else check_guidance_interval(interval)
+
+
 def parse_guidance_interval(text: str, flag: str = "--guidance-interval") -> tuple[float, float]:
     """The CLI form "LO,HI" (e.g. "0.3,1" or "0,inf") as a checked (lo, hi)."""
     parts = text.split(",")
@@ -244,8 +250,7 @@ def make_plan(
     sampler = check_sampler(s.sampler if sampler is None else sampler)
     steps = check_steps(s.steps if steps is None else steps)
     guidance = check_guidance(s.guidance if guidance is None else guidance)
-    interval = guidance_interval if guidance_interval is not None else s.guidance_interval
-    interval = None if interval is None else check_guidance_interval(interval)
+    interval = resolve_guidance_interval(s, guidance_interval)
     image_first = s.image_first if image_first is None else image_first
     if not isinstance(image_first, bool):
         raise KinemaError(f"image_first must be True or False, got {image_first!r}")
@@ -423,7 +428,7 @@ def metadata(
             "sampler": plan.sampler,
             "steps": plan.steps,
             "guidance": plan.guidance,
-            **({} if plan.guidance_interval is None else {"guidance_interval": "%g,%g" % plan.guidance_interval}),
+            **({} if plan.guidance_interval is None else {"guidance_interval": "{:g},{:g}".format(*plan.guidance_interval)}),
             "model_hash": pipe.model_hash,
             **{k: v for k, v in extra.items() if v is not None},
         }

@@ -41,7 +41,7 @@ from kinema.pipelines.common import (
     sample_random,
     to_videos,
 )
-from kinema.video import Video, to_uint8
+from kinema.video import Video, to_tensor, to_uint8
 
 if TYPE_CHECKING:
     from kinema.pipelines.pipeline import Pipeline
@@ -71,7 +71,7 @@ def text_to_video(pipe: Pipeline, prompts: Sequence[str], plan: Plan, progress: 
     noise, rngs = prepare_noise((c, 1, h, w), plan.seeds, device=pipe.device)
     blank = conditioning.text_to_video((n, c, 1, h, w), device=pipe.device)
     image = run_sampler(pipe, noise, blank, texts, plan, rngs, progress=progress)
-    pixels = torch.cat([v.to_tensor()[None] for v in to_videos(decode(pipe, image), plan.fps, [{}] * n)])
+    pixels = torch.stack([to_tensor(frames) for frames in to_uint8(decode(pipe, image))])  # as saved: uint8 levels
     first = encode(pipe, pixels)  # (n, C, 1, h, w)
     noise = draw_noise(plan.latent_shape, rngs, device=pipe.device)  # each sample's next draws
     latents = run_sampler(pipe, noise, conditioning.image_to_video(first, t), texts, plan, rngs, progress=progress)
