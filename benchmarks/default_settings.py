@@ -85,7 +85,7 @@ def main() -> None:
             grid = {"per_combination": args.per_combination} if split == "heldout" else {"n": args.train_n}
             report, _ = evaluate_shapes(
                 pipe, model=args.model, split=split, task="t2v", settings=settings,
-                variants=[("model", "model", pipe)], **grid,
+                variants=[("model", "model", pipe)], vae_row=False, **grid,
             )  # fmt: skip
             model = next(r for r in report["rows"] if r["name"] == "model")
             row[split] = model["accuracy"]["joint"]

@@ -46,7 +46,7 @@ class Renderer:
 
 
 def run(variant, task="t2v", n=6, **kw):
-    return evaluate_shapes(variant, model="renderer", n=n, split="all", task=task, variants=[("model", "model", variant)], **kw)
+    return evaluate_shapes(variant, model="renderer", n=n, split="all", task=task, variants=[("model", "model", variant)], vae_row=False, **kw)
 
 
 def rows(report):
@@ -104,7 +104,7 @@ def test_grid_covers_every_combination_of_the_split_at_both_sizes():
 
     report, _ = evaluate_shapes(
         Renderer(shape="square"), model="renderer", split="heldout", per_combination=2,
-        variants=[("model", "model", Renderer(shape="square"))],
+        variants=[("model", "model", Renderer(shape="square"))], vae_row=False,
     )  # fmt: skip
     assert report["n"] == len(HELDOUT_COMBOS) * 2 * 2 == len(report["clips"]) and report["per_combination"] == 2
     asked = [parse_caption(c["prompt"]) for c in report["clips"]]
@@ -120,6 +120,40 @@ def test_grid_covers_every_combination_of_the_split_at_both_sizes():
     assert percent(by_size["small"]) in shapes_markdown(report)
     with pytest.raises(KinemaError, match="per-combination must be an int >= 1"):
         evaluate_shapes(Renderer(), per_combination=0)
+
+
+class ChannelVAE:
+    """A VAE whose latents are the pixels; decoding reorders the colour channels by `order`."""
+
+    def __init__(self, order):
+        self.order = list(order)
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        return z[:, self.order]
+
+
+@pytest.mark.parametrize(("order", "exact"), [((0, 1, 2), True), ((2, 1, 0), False)])
+def test_the_vae_row_is_the_real_clips_through_the_pipelines_vae(order, exact):
+    import contextlib
+
+    pipe = Renderer()
+    pipe.vae, pipe.device, pipe.autocast = ChannelVAE(order), torch.device("cpu"), contextlib.nullcontext
+    report, _ = evaluate_shapes(pipe, model="renderer", n=6, split="all", task="i2v", variants=[("model", "model", pipe)])
+    assert [r["name"] for r in report["rows"]] == ["model", "vae", "real"]
+    vae, real = rows(report)["vae"], rows(report)["real"]
+    assert vae["seconds_per_clip"] is None and real["first_frame_psnr"] is None
+    if exact:  # a lossless VAE: the ceiling is the real clips themselves
+        assert vae["accuracy"] == real["accuracy"] and vae["first_frame_psnr"] == pytest.approx(100.0)
+        assert vae["fvd"] == pytest.approx(0.0, abs=1e-2)  # the same clips as the FVD's reference
+    else:  # red and blue swapped: shape and motion survive, colour only where swapping R and B keeps it
+        asked = [parse_caption(c["prompt"])["colour"] for c in report["clips"]]
+        kept = sum(c in ("green", "magenta", "white") for c in asked)
+        assert vae["accuracy"]["shape"]["rate"] == vae["accuracy"]["motion"]["rate"] == 1.0
+        assert vae["accuracy"]["colour"]["k"] <= kept < 6 and vae["first_frame_psnr"] < 60  # lossless gives 100
+    assert "most the model row can reach" in shapes_markdown(report)
 
 
 def test_tasks_are_data():
@@ -218,7 +252,7 @@ def test_eval_shapes_command_end_to_end(tiny_pipeline, tmp_path, capsys):
           "--guidance", "2", "--guidance-interval", "0.5,1", "--image-first", "--out", str(out), "--save-videos", str(videos)])  # fmt: skip
     report = json.loads(out.read_text())
     assert report["kind"] == "kinema-eval-shapes" and report["split"] == "heldout" and report["n"] == 2
-    assert [r["name"] for r in report["rows"]] == ["model", "within_frame", "real"]
+    assert [r["name"] for r in report["rows"]] == ["model", "within_frame", "vae", "real"]
     for row in report["rows"]:
         assert set(row["accuracy"]) == {"colour", "shape", "motion", "size", "joint"}
         assert all(len(p["ci95"]) == 2 and p["n"] == 2 for p in row["accuracy"].values())

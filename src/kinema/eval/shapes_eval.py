@@ -2,7 +2,8 @@
 
     prompts of the split (fixed dataset seed) ─▶ pipeline (seed + i per clip) ─▶ clips ─▶ shapes probe ─▶ report
                                               └▶ the same pipeline, frames denoised apart ─▶ ... (reference)
-    the real rendered clip of every prompt ──────────────────────────────────▶ ... (reference, must be 100%)
+    the real rendered clip of every prompt ─▶ the pipeline's VAE, encoded and decoded ─▶ ... (the ceiling)
+                                          └────────────────────────────────────────▶ ... (reference, must be 100%)
 
 A task is data (`EvalTask`): how a clip is made from (prompt, the real clip)
 and which of its frames the probe reads:
@@ -15,6 +16,9 @@ Reference rows, in every report:
 - `real`: the real rendered clips through the same probe (100% by construction;
   less means the probe cannot be trusted at this size). Its FVD is against the
   same captions drawn again (new positions and speeds): the floor of the FVD at this n.
+- `vae`: the real clips encoded and decoded by the pipeline's VAE: what a perfect
+  denoiser would give, so the most the model row can reach (below 100% the VAE is
+  what to improve, not the denoiser). Its frame-0 PSNR (i2v) is the ceiling of the model's.
 - `within_frame`: the same pipeline whose denoiser sees each latent frame as a
   clip of its own (`WithinFrame`), with the same seeds. Frames are made without
   seeing each other, so the gap to the model row is what temporal modelling buys.
@@ -324,6 +328,18 @@ def grid_scenes(split: str, size: int, frames: int, per_combination: int) -> lis
     return scenes
 
 
+def through_vae(pipe: Pipeline, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """uint8 clips (T, H, W, 3) encoded and decoded by `pipe`'s VAE, one at a time, as uint8 clips."""
+    from kinema.pipelines import common
+
+    with torch.no_grad():
+        out = []
+        for clip in clips:
+            frames = common.decode(pipe, common.encode(pipe, as_batch([clip])))
+            out.append(common.to_videos(frames, 1.0, [{}])[0].frames)
+    return out
+
+
 def summarize_shapes(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy per attribute and joint (with 95% Wilson intervals), presence and area CV of probed clips."""
     from kinema.eval.metrics import proportion
@@ -361,6 +377,7 @@ def evaluate_shapes(
     progress: Callable[[str], None] | None = None,
     variants: Sequence[tuple[str, str, Any]] | None = None,
     per_combination: int | None = None,
+    vae_row: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate `pipe` (named `model` in the report) on `n` prompts of the shapes `split`.
 
@@ -372,6 +389,7 @@ def evaluate_shapes(
     report: JSON data (settings, one row per model variant and the real reference, per-clip results);
     sheet: the model's probed clips, prompts and pass/fail for the contact sheet.
     variants: the generated rows as (name, label, pipeline); default `model_rows(pipe)`.
+    vae_row: add the `vae` row (the real clips through `pipe`'s VAE, the model row's ceiling).
     """
     from kinema.data.shapes import SIZES, SPLITS, ShapesDataset, caption_for, render_clip
     from kinema.eval.fvd import feature_extractor, fvd_from_features
@@ -415,6 +433,11 @@ def evaluate_shapes(
         }  # fmt: skip
         return summary, scores
 
+    def first_frame(clips: list[np.ndarray]) -> float | None:
+        if not eval_task.first_frame_psnr:
+            return None
+        return float(psnr(as_batch([c[:1] for c in clips]), real_batch[:, :, :1]).mean())
+
     rows, clip_records = [], [{"index": i, "prompt": p, "seed": settings.seed + i} for i, p in enumerate(prompts)]
     sheet: dict[str, Any] = {}
     saved: dict[str, list[str]] = {}
@@ -422,11 +445,8 @@ def evaluate_shapes(
         report = (lambda msg, name=name: progress(f"[{name}] {msg}")) if progress is not None else None
         generated = generate_clips(variant, eval_task, prompts, reals, settings, report)
         probed = [eval_task.probed(clip, frames) for clip in generated.clips]
-        first_frame = None
-        if eval_task.first_frame_psnr:
-            first_frame = float(psnr(as_batch([c[:1] for c in probed]), real_batch[:, :, :1]).mean())
         summary, scores = row(
-            name, label, probed, real_features, seconds_per_clip=generated.seconds_per_clip, first_frame_psnr=first_frame
+            name, label, probed, real_features, seconds_per_clip=generated.seconds_per_clip, first_frame_psnr=first_frame(probed)
         )
         rows.append(summary)
         for record, s in zip(clip_records, scores):
@@ -436,12 +456,20 @@ def evaluate_shapes(
             saved[name] = save_clips(Path(save_videos) / name, generated, marks)
         if not sheet:  # the first row: the model
             sheet = {"clips": probed[:SHEET_CLIPS], "captions": prompts[:SHEET_CLIPS], "passed": [s["correct"] for s in scores[:SHEET_CLIPS]]}
+    references = []
+    if vae_row:
+        if progress is not None:
+            progress(f"[vae] encoding and decoding the {n} real clips")
+        recon = through_vae(pipe, reals)
+        references.append(("vae", "real clips through the VAE (the ceiling)", recon, real_features, first_frame(recon)))
     # The real clips against the same captions drawn again: the FVD floor at this n, and the probe's 100% check.
     second_draw = extractor(as_batch(redraw(scenes, size, frames, seed=PROMPT_SEED + 1)))
-    summary, scores = row("real", "real clips (reference)", reals, second_draw, seconds_per_clip=None, first_frame_psnr=None)
-    rows.append(summary)
-    for record, s in zip(clip_records, scores):
-        record["real"] = _brief(s)
+    references.append(("real", "real clips (reference)", reals, second_draw, None))
+    for name, label, clips, against, psnr0 in references:
+        summary, scores = row(name, label, clips, against, seconds_per_clip=None, first_frame_psnr=psnr0)
+        rows.append(summary)
+        for record, s in zip(clip_records, scores):
+            record[name] = _brief(s)
 
     report_data = {
         "kind": "kinema-eval-shapes",
@@ -515,6 +543,11 @@ def shapes_markdown(report: dict[str, Any]) -> str:
         "between consecutive frames, in grey levels; compare it with the real row. The real row's FVD is against "
         "the same captions drawn again (new positions and speeds): the floor of the FVD at this n.",
     ]
+    if any(r["name"] == "vae" for r in report["rows"]):
+        lines.append(
+            "The VAE row is the real clips encoded and decoded by the pipeline's VAE: what a perfect denoiser "
+            "would give, so the most the model row can reach."
+        )
     if not report["fvd"]["standard"]:
         lines.append(
             f"{report['fvd']['label']}: a small 3D CNN trained by kinema on shapes clips, not the I3D of published "
