@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
     parser.add_argument("--per-combination", type=int, default=2, help="held-out clips per combination and size")
     parser.add_argument("--train-n", type=int, default=64, help="random train-split prompts")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: the pipeline's")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("default_settings.json"))
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -62,8 +63,10 @@ def main() -> None:
     from kinema.pipelines import Pipeline
 
     pipe = Pipeline.load(args.model)
+    if args.precision is not None:
+        pipe = pipe.to(precision=args.precision)
     guidance = pipe.settings.guidance if args.guidance is None else args.guidance
-    print(f"{args.model}: t2v, guidance {guidance}; held out: every combination x 2 sizes x {args.per_combination}; "
+    print(f"{args.model} ({pipe.precision}): t2v, guidance {guidance}; held out: every combination x 2 sizes x {args.per_combination}; "
           f"train: {args.train_n} random prompts")  # fmt: skip
     header = f"{'sampler':>9} {'steps':>5} {'cfg':>4} {'interval':>9} {'first':>5} {'passes':>6} {'train joint':>12} {'heldout joint':>14} {'s/clip':>7}  pass"
     print(header)
@@ -103,7 +106,7 @@ def main() -> None:
     print(f"cheapest passing: {best['sampler']} {best['steps']} steps, guidance {best['guidance']}, "
           f"interval {best['guidance_interval'] or 'all'}, image_first {best['image_first']}" if best else "no point meets the bars")  # fmt: skip
     result = {
-        "model": args.model, "model_hash": pipe.model_hash, "guidance": guidance, "bars": BARS,
+        "model": args.model, "model_hash": pipe.model_hash, "precision": pipe.precision, "guidance": guidance, "bars": BARS,
         "per_combination": args.per_combination, "train_n": args.train_n, "rows": rows,
         "cheapest_passing": None if best is None else {k: best[k] for k in ("sampler", "steps", "guidance", "guidance_interval", "image_first")},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
