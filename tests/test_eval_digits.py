@@ -134,6 +134,7 @@ class DigitRenderer:
     """A stand-in pipeline that draws the real test clip of each caption (from the same dataset)."""
 
     model_hash = "renderer"
+    precision = "fp32"
 
     def __init__(self, frames=9):
         self.settings = SimpleNamespace(height=64, width=64, num_frames=frames, steps=1, sampler="euler", guidance=1.0, guidance_interval=None, image_first=False)

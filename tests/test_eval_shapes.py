@@ -22,6 +22,7 @@ class Renderer:
     """A stand-in pipeline: renders what each prompt asks, with some attributes replaced by `wrong`."""
 
     model_hash = "renderer"
+    precision = "fp32"
 
     def __init__(self, frames=FRAMES, **wrong):
         self.settings = SimpleNamespace(height=64, width=64, num_frames=frames, steps=1, sampler="euler", guidance=1.0, guidance_interval=None, image_first=False)
@@ -262,6 +263,7 @@ def test_eval_shapes_command_end_to_end(tiny_pipeline, tmp_path, capsys):
     assert report["rows"][0]["seconds_per_clip"] > 0 and report["fvd"]["standard"] is False
     assert report["settings"]["guidance_interval"] == [0.5, 1.0] and report["settings"]["image_first"] is True
     assert report["settings"]["steps"] == 1 and report["clip"] == {"frames": 5, "size": 64, "probed_frames": 5}
+    assert report["settings"]["precision"] == "fp32"  # the pipeline's own, as `kinema generate` uses it
     for key in ("json", "markdown", "contact_sheet"):
         assert (tmp_path / report["files"][key]).is_file()
     saved = read_video(videos / "model" / "0000.mp4")

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -29,7 +30,7 @@ I3D_HELP = (
 )
 
 
-def _load_pipeline(model: str, device: str, precision: str):
+def _load_pipeline(model: str, device: str, precision: str | None):
     from kinema.pipelines import Pipeline
 
     return Pipeline.load(model, device=device, precision=precision)
@@ -77,7 +78,7 @@ def shapes(
     save_videos: Path = typer.Option(None, "--save-videos", help="Keep every clip here (DIR/model/0000.mp4, DIR/within_frame/...), prompt in its metadata."),
     i3d: Path = typer.Option(None, "--i3d", help=I3D_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (autocast)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, or bf16 (autocast); default: the model's."),
 ) -> None:
     """Generate clips from the prompts of a shapes split, probe them, and report accuracy beside reference rows."""
     from kinema.eval.report import write_report
@@ -109,7 +110,7 @@ def digits(
     save_videos: Path = typer.Option(None, "--save-videos", help="Keep every clip here, prompt in its metadata."),
     classifier: Path = typer.Option(None, "--classifier", help="A folder from train-digit-classifier (default: the shipped one)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (autocast)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, or bf16 (autocast); default: the model's."),
 ) -> None:
     """Generate moving-digits clips, read each frame's digits, and report accuracy and identity consistency."""
     from kinema.eval.digits import digits_markdown, evaluate_digits

@@ -106,7 +106,7 @@ class GenerationSettings:
             "guidance": pipe.settings.guidance if self.guidance is None else self.guidance,
             "guidance_interval": None if interval is None else list(interval),
             "image_first": pipe.settings.image_first if self.image_first is None else self.image_first, "seed": self.seed,
-            "prompt_seed": PROMPT_SEED,
+            "prompt_seed": PROMPT_SEED, "precision": pipe.precision,
         }  # fmt: skip
 
 
@@ -115,8 +115,9 @@ def sampling_line(s: dict[str, Any], n: int) -> str:
     interval = s.get("guidance_interval")
     where = "" if interval is None else f" at sigma in [{interval[0]:g}, {interval[1]:g}]"
     first = ", frame 0 first (image_first)" if s.get("image_first") else ""
+    precision = f", {s['precision']}" if s.get("precision") else ""
     return (
-        f"Sampler {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}{where}{first}, "
+        f"Sampler {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}{where}{first}{precision}, "
         f"seeds {s['seed']}..{s['seed'] + n - 1}."
     )
 
