@@ -10,8 +10,10 @@ that passes (fewest network passes, then fastest) is marked; the README's defaul
     python benchmarks/default_settings.py                           # the shipped `shapes` pipeline
     python benchmarks/default_settings.py --model DIR --points euler:8,euler:12,dpmpp_2m:8:3.0,euler:16:4:0.3-1
 
-A point is sampler:steps[:guidance[:lo-hi[:first]]] (default guidance: --guidance, else the pipeline's;
-lo-hi: guide only at sigma in [lo, hi], "all" for every step; first: frame 0 is sampled first, image_first).
+A point is sampler:steps followed by any of, in any order: a number (the guidance; default --guidance,
+else the pipeline's), lo-hi (guide only at sigma in [lo, hi]; "all": every step), first (frame 0 is
+sampled first, image_first), shift=S (the sampling schedule's noise-level shift; default the pipeline's).
+E.g. euler:12:4:all:first:shift=4.
 """
 
 from __future__ import annotations
@@ -29,15 +31,33 @@ DEFAULT_POINTS = "euler:6,euler:8,euler:12,euler:16,dpmpp_2m:6,dpmpp_2m:8,dpmpp_
 BARS = {"train": 0.95, "heldout": 0.85}
 
 
+def parse_point(text: str, guidance: float) -> dict:
+    """sampler:steps[:tokens] -> {sampler, steps, guidance, guidance_interval, image_first, shift}."""
+    sampler, steps, *tokens = text.split(":")
+    point = {"sampler": sampler, "steps": int(steps), "guidance": guidance, "guidance_interval": None,
+             "image_first": False, "shift": None}  # fmt: skip
+    for token in tokens:
+        if token == "first":
+            point["image_first"] = True
+        elif token.startswith("shift="):
+            point["shift"] = float(token.removeprefix("shift="))
+        elif token == "all" or "-" in token:
+            point["guidance_interval"] = None if token == "all" else tuple(float(v) for v in token.split("-"))
+        else:
+            point["guidance"] = float(token)
+    return point
+
+
 def network_passes(
-    pipe, sampler: str, steps: int, guidance: float, interval: tuple[float, float] | None, image_first: bool
+    pipe, sampler: str, steps: int, guidance: float, interval: tuple[float, float] | None, image_first: bool,
+    shift: float | None = None,
 ) -> float:
     """Batch-1 network passes of one clip: a guided evaluation is two (cond + uncond), an unguided one one.
 
     Heun evaluates at every sigma and again at the next one (not on its last step, to 0); the others once a step.
     With image_first the one-frame run first counts as 1/T of a pass per evaluation (T latent frames).
     """
-    sigmas = pipe.process.sigmas(steps).tolist()
+    sigmas = (pipe.process.sigmas(steps) if shift is None else pipe.process.sigmas(steps, shift=shift)).tolist()
     evaluated = sigmas[:-1] + (sigmas[1:-1] if sampler == "heun" else [])
     lo, hi = interval if interval is not None else (0.0, float("inf"))
     passes = sum(2 if guidance != 1.0 and lo <= s <= hi else 1 for s in evaluated)
@@ -68,20 +88,18 @@ def main() -> None:
     guidance = pipe.settings.guidance if args.guidance is None else args.guidance
     print(f"{args.model} ({pipe.precision}): t2v, guidance {guidance}; held out: every combination x 2 sizes x {args.per_combination}; "
           f"train: {args.train_n} random prompts")  # fmt: skip
-    header = f"{'sampler':>9} {'steps':>5} {'cfg':>4} {'interval':>9} {'first':>5} {'passes':>6} {'train joint':>12} {'heldout joint':>14} {'s/clip':>7}  pass"
+    header = f"{'sampler':>9} {'steps':>5} {'cfg':>4} {'interval':>9} {'shift':>5} {'first':>5} {'passes':>6} {'train joint':>12} {'heldout joint':>14} {'s/clip':>7}  pass"
     print(header)
     rows = []
-    for point in args.points.split(","):
-        sampler, steps, *rest = point.split(":")
-        cfg = float(rest[0]) if rest else guidance
-        interval = tuple(float(v) for v in rest[1].split("-")) if len(rest) > 1 and rest[1] != "all" else None
-        first = len(rest) > 2 and rest[2] == "first"
+    for text in args.points.split(","):
+        point = parse_point(text, guidance)
+        sampler, steps, cfg, interval = point["sampler"], point["steps"], point["guidance"], point["guidance_interval"]
+        first, shift = point["image_first"], point["shift"]
         settings = GenerationSettings(
-            sampler=sampler, steps=int(steps), guidance=cfg, guidance_interval=interval, image_first=first, seed=0
+            sampler=sampler, steps=steps, guidance=cfg, guidance_interval=interval, image_first=first, shift=shift, seed=0
         )
-        row: dict = {"sampler": sampler, "steps": int(steps), "guidance": cfg, "guidance_interval": interval}
-        row["image_first"] = first
-        row["passes_per_clip"] = network_passes(pipe, sampler, int(steps), cfg, interval, first)
+        row: dict = dict(point)
+        row["passes_per_clip"] = network_passes(pipe, sampler, steps, cfg, interval, first, shift)
         seconds = []
         for split in ("train", "heldout"):
             start = time.perf_counter()
@@ -99,16 +117,21 @@ def main() -> None:
         row["passes"] = all(row[split]["rate"] >= bar for split, bar in BARS.items())
         rows.append(row)
         shown = "all" if interval is None else f"{interval[0]:g}-{interval[1]:g}"
-        print(f"{sampler:>9} {steps:>5} {cfg:>4g} {shown:>9} {'yes' if first else 'no':>5} {row['passes_per_clip']:>6.1f} {row['train']['rate']:>11.1%} {row['heldout']['rate']:>13.1%} "
+        shifted = "-" if shift is None else f"{shift:g}"
+        print(f"{sampler:>9} {steps:>5} {cfg:>4g} {shown:>9} {shifted:>5} {'yes' if first else 'no':>5} {row['passes_per_clip']:>6.1f} {row['train']['rate']:>11.1%} {row['heldout']['rate']:>13.1%} "
               f"{row['seconds_per_clip']:>7.2f}  {'yes' if row['passes'] else 'no'}", flush=True)  # fmt: skip
     passing = [r for r in rows if r["passes"]]
     best = min(passing, key=lambda r: (r["passes_per_clip"], r["seconds_per_clip"])) if passing else None
-    print(f"cheapest passing: {best['sampler']} {best['steps']} steps, guidance {best['guidance']}, "
-          f"interval {best['guidance_interval'] or 'all'}, image_first {best['image_first']}" if best else "no point meets the bars")  # fmt: skip
+    keys = ("sampler", "steps", "guidance", "guidance_interval", "shift", "image_first")
+    describe = lambda r: ", ".join(f"{k} {r[k]}" for k in keys)  # noqa: E731
+    most = max(rows, key=lambda r: (r["train"]["rate"] + r["heldout"]["rate"], -r["passes_per_clip"]))
+    print(f"cheapest passing: {describe(best)}" if best else "no point meets the bars")
+    print(f"most accurate: {describe(most)} (train {most['train']['rate']:.1%}, held out {most['heldout']['rate']:.1%})")
     result = {
         "model": args.model, "model_hash": pipe.model_hash, "precision": pipe.precision, "guidance": guidance, "bars": BARS,
         "per_combination": args.per_combination, "train_n": args.train_n, "rows": rows,
-        "cheapest_passing": None if best is None else {k: best[k] for k in ("sampler", "steps", "guidance", "guidance_interval", "image_first")},
+        "cheapest_passing": None if best is None else {k: best[k] for k in keys},
+        "most_accurate": {k: most[k] for k in keys},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__},
     }  # fmt: skip

@@ -61,6 +61,9 @@ def test_flow_schedule_is_the_shifted_uniform_grid():
     assert torch.allclose(process.sigmas(10), 3 * s / (1 + 2 * s))
     assert process.sigmas(10)[0] == 1 and process.sigmas(10)[-1] == 0
     assert process.sigmas(10)[5] > 0.5  # the shift spends more steps at high noise
+    # a sampling shift replaces the process's (the training noise levels stay the process's)
+    assert torch.equal(process.sigmas(10, shift=5.0), FlowMatching(shift=5.0).sigmas(10))
+    assert torch.equal(process.sigmas(10, shift=3.0), process.sigmas(10))
 
 
 def test_vp_flow_spacing_is_uniform_in_the_rectified_flow_noise_level():

@@ -137,7 +137,7 @@ class DigitRenderer:
     precision = "fp32"
 
     def __init__(self, frames=9):
-        self.settings = SimpleNamespace(height=64, width=64, num_frames=frames, steps=1, sampler="euler", guidance=1.0, guidance_interval=None, image_first=False)
+        self.settings = SimpleNamespace(height=64, width=64, num_frames=frames, steps=1, sampler="euler", guidance=1.0, guidance_interval=None, shift=None, image_first=False)
         self.ds = dataset(frames=frames, n=40)
 
     def generate(self, prompt, *, num_frames=None, height=None, width=None, seed=0, **kw):

@@ -25,7 +25,7 @@ class Renderer:
     precision = "fp32"
 
     def __init__(self, frames=FRAMES, **wrong):
-        self.settings = SimpleNamespace(height=64, width=64, num_frames=frames, steps=1, sampler="euler", guidance=1.0, guidance_interval=None, image_first=False)
+        self.settings = SimpleNamespace(height=64, width=64, num_frames=frames, steps=1, sampler="euler", guidance=1.0, guidance_interval=None, shift=None, image_first=False)
         self.wrong = wrong
 
     def clip(self, prompt, frames, seed):
@@ -250,7 +250,7 @@ def test_eval_shapes_command_end_to_end(tiny_pipeline, tmp_path, capsys):
 
     out, videos = tmp_path / "report.json", tmp_path / "clips"
     main(["eval", "shapes", "--model", str(tiny_pipeline), "--n", "2", "--split", "heldout", "--steps", "1",
-          "--guidance", "2", "--guidance-interval", "0.5,1", "--image-first", "--out", str(out), "--save-videos", str(videos)])  # fmt: skip
+          "--guidance", "2", "--guidance-interval", "0.5,1", "--shift", "3", "--image-first", "--out", str(out), "--save-videos", str(videos)])  # fmt: skip
     report = json.loads(out.read_text())
     assert report["kind"] == "kinema-eval-shapes" and report["split"] == "heldout" and report["n"] == 2
     assert [r["name"] for r in report["rows"]] == ["model", "within_frame", "vae", "real"]
@@ -263,13 +263,14 @@ def test_eval_shapes_command_end_to_end(tiny_pipeline, tmp_path, capsys):
     assert report["rows"][0]["seconds_per_clip"] > 0 and report["fvd"]["standard"] is False
     assert report["settings"]["guidance_interval"] == [0.5, 1.0] and report["settings"]["image_first"] is True
     assert report["settings"]["steps"] == 1 and report["clip"] == {"frames": 5, "size": 64, "probed_frames": 5}
+    assert report["settings"]["shift"] == 3.0 and "sampling shift 3" in (out.with_suffix(".md")).read_text()
     assert report["settings"]["precision"] == "fp32"  # the pipeline's own, as `kinema generate` uses it
     for key in ("json", "markdown", "contact_sheet"):
         assert (tmp_path / report["files"][key]).is_file()
     saved = read_video(videos / "model" / "0000.mp4")
     assert saved.metadata["prompt"] == report["clips"][0]["prompt"] and saved.num_frames == 5
     assert (videos / "within_frame" / "0001.mp4").is_file()
-    assert "guidance 2.0 at sigma in [0.5, 1], frame 0 first (image_first)" in capsys.readouterr().out
+    assert "guidance 2.0 at sigma in [0.5, 1], sampling shift 3, frame 0 first (image_first), fp32" in capsys.readouterr().out
 
 
 def test_eval_shapes_command_refuses_bad_input(tiny_pipeline, tmp_path):

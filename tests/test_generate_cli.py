@@ -52,12 +52,13 @@ def fails(capsys, *argv: str) -> str:
 def test_text_to_video_writes_the_file_and_its_sidecar(model, tmp_path, capsys):
     out = tmp_path / "circle.mp4"
     run(PROMPT, "--model", str(model), "--seed", "3", "--out", str(out), "--guidance", "2.5", "--sampler", "heun",
-        "--guidance-interval", "0.5,1", "--image-first")
+        "--guidance-interval", "0.5,1", "--image-first", "--shift", "3")
     assert "wrote" in capsys.readouterr().out
     video = read_video(out)
     assert video.num_frames == 9 and (video.height, video.width) == (16, 16)
     m = video.metadata
     assert m["prompt"] == PROMPT and m["seed"] == 3 and m["sampler"] == "heun" and m["steps"] == 1
+    assert m["shift"] == 3.0
     assert m["guidance"] == 2.5 and m["guidance_interval"] == "0.5,1" and m["image_first"] is True and m["model_hash"] == json.loads((model / "pipeline.json").read_text())["hash"]
     assert m["kinema_version"]
     sidecar = json.loads((tmp_path / "circle.mp4.json").read_text())
@@ -131,6 +132,7 @@ def test_extension_and_masked_edit(model, files, tmp_path):
         (["--guidance", "-1"], "guidance (guidance_scale) must be a number >= 0"),
         (["--guidance-interval", "0.5"], "--guidance-interval '0.5': give LO,HI"),
         (["--guidance-interval", "1,0.5"], "guidance_interval must be (sigma_lo, sigma_hi) with 0 <= lo <= hi"),
+        (["--shift", "0"], "--shift must be > 0 (the sampling schedule's noise-level shift), got 0.0"),
         (["--sampler", "fast"], "unknown sampler 'fast'; choose one of euler, heun"),
         (["--frames", "10"], "num_frames=10 cannot be made: this model makes 1 + 4k frames; use 9 or 13"),
         (["--size", "20"], "needs multiples of 8"),

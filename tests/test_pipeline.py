@@ -218,6 +218,40 @@ def test_guidance_interval_defaults_to_the_pipeline_settings(pipe):
     assert np.array_equal(narrowed.generate(PROMPT, guidance_interval=(0, math.inf), **kw).frames, pipe.generate(PROMPT, **kw).frames)
 
 
+def test_shift_samples_on_the_shifted_schedule(pipe):
+    import dataclasses
+
+    kw = dict(seed=3, num_inference_steps=3)
+    own = pipe.generate(PROMPT, **kw)
+    assert pipe.process.shift == 1.0 and "shift" not in own.metadata
+    assert np.array_equal(pipe.generate(PROMPT, shift=1.0, **kw).frames, own.frames)  # the process's own: the same
+    shifted = pipe.generate(PROMPT, shift=4.0, **kw)
+    assert shifted.metadata["shift"] == 4.0 and not np.array_equal(shifted.frames, own.frames)
+    # the same as a pipeline whose process has that shift (it is only the schedule that moves)
+    moved = Pipeline(
+        vae=pipe.vae, denoiser=pipe.denoiser, text_encoder=pipe.text_encoder,
+        process=dataclasses.replace(pipe.process, shift=4.0), settings=pipe.settings,
+    )  # fmt: skip
+    assert np.array_equal(moved.generate(PROMPT, **kw).frames, shifted.frames)
+    # a pipeline's default, and every task takes it
+    default = Pipeline(
+        vae=pipe.vae, denoiser=pipe.denoiser, text_encoder=pipe.text_encoder, process=pipe.process,
+        settings=dataclasses.replace(pipe.settings, shift=4.0),
+    )  # fmt: skip
+    assert np.array_equal(default.generate(PROMPT, **kw).frames, shifted.frames)
+    edited = pipe.edit(own, PROMPT, strength=0.5, shift=4.0, **kw)
+    assert edited.metadata["shift"] == 4.0 and not np.array_equal(edited.frames, pipe.edit(own, PROMPT, strength=0.5, **kw).frames)
+    assert pipe.extend(own, PROMPT, num_frames=4, shift=4.0, **kw).num_frames == own.num_frames + 4
+
+
+def test_shift_is_for_flow_matching_pipelines(pipe):
+    from kinema.diffusion import VPDiffusion
+
+    vp = Pipeline(vae=pipe.vae, denoiser=pipe.denoiser, text_encoder=pipe.text_encoder, process=VPDiffusion(), settings=pipe.settings)
+    with pytest.raises(KinemaError, match="shift applies to flow-matching pipelines; this one samples a VPDiffusion"):
+        vp.generate(PROMPT, shift=3.0, num_inference_steps=1)
+
+
 def test_image_first_makes_frame_zero_as_an_image_then_the_clip_from_it(pipe, capsys):
     kw = dict(seed=5, num_inference_steps=STEPS)
     joint = pipe.generate(PROMPT, **kw)
@@ -389,6 +423,8 @@ def test_unknown_names_list_the_shipped_ones(saved, tmp_path, monkeypatch):
         (dict(guidance_interval=(0.5, 0.2)), r"guidance_interval must be \(sigma_lo, sigma_hi\) with 0 <= lo <= hi"),
         (dict(guidance_interval=0.5), r"guidance_interval must be .*Got 0.5"),
         (dict(image_first="yes"), "image_first must be True or False, got 'yes'"),
+        (dict(shift=0.0), r"shift must be a number > 0 \(the sampling schedule's noise-level shift\), got 0.0"),
+        (dict(shift="3"), "shift must be a number > 0"),
         (dict(sampler="euler_a"), "unknown sampler 'euler_a'; choose one of euler, heun, dpmpp_2m, ddim, ddpm, unipc"),
         (dict(num_frames=10), "num_frames=10 cannot be made: this model makes 1 \\+ 4k frames; use 9 or 13"),
         (dict(num_frames=0), "num_frames must be an integer >= 1"),
@@ -455,7 +491,9 @@ def test_sampling_settings_are_checked_and_round_trip():
         SamplingSettings(image_first="yes")
     with pytest.raises(ValueError, match="SamplingSettings.guidance_interval must be"):
         SamplingSettings(guidance_interval=(1.0, 0.5))
-    s = SamplingSettings(steps=12, guidance=5.0, guidance_interval=(0.3, 1.0), image_first=True, num_frames=33, height=64, width=96)
+    with pytest.raises(ValueError, match="SamplingSettings.shift must be > 0 or None"):
+        SamplingSettings(shift=-1.0)
+    s = SamplingSettings(steps=12, guidance=5.0, guidance_interval=(0.3, 1.0), shift=4.0, image_first=True, num_frames=33, height=64, width=96)
     assert cfg.from_dict(SamplingSettings, json.loads(json.dumps(cfg.to_dict(s)))) == s
     assert SamplingSettings(guidance_interval=(0, math.inf)).guidance_interval is None  # every step
 

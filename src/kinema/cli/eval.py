@@ -38,7 +38,7 @@ def _load_pipeline(model: str, device: str, precision: str | None):
 
 def _settings(
     steps: int | None, sampler: str | None, guidance: float | None, interval: str | None, seed: int,
-    image_first: bool | None = None,
+    image_first: bool | None = None, shift: float | None = None,
 ):
     from kinema.errors import KinemaError
     from kinema.eval.shapes_eval import GenerationSettings
@@ -50,10 +50,12 @@ def _settings(
         check_guidance(guidance)
     if seed < 0:
         raise KinemaError(f"--seed must be >= 0, got {seed}")
+    if shift is not None and not shift > 0:
+        raise KinemaError(f"--shift must be > 0 (the sampling schedule's noise-level shift), got {shift}")
     guidance_interval = None if interval is None else parse_guidance_interval(interval)
     return GenerationSettings(
-        steps=steps, sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, image_first=image_first,
-        seed=seed,
+        steps=steps, sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, shift=shift,
+        image_first=image_first, seed=seed,
     )
 
 
@@ -72,6 +74,7 @@ def shapes(
     sampler: str = typer.Option(None, "--sampler", help="Sampler (default: the pipeline's): euler, heun, dpmpp_2m, ddim, ddpm, ..."),
     guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
     guidance_interval: str = typer.Option(None, "--guidance-interval", metavar="LO,HI", help="Guide only at noise levels sigma in [LO, HI]; 0,inf: every step (default: the pipeline's)."),
+    shift: float = typer.Option(None, "--shift", help="Noise-level shift of the sampling schedule, > 0 (default: the pipeline's)."),
     image_first: bool = typer.Option(None, "--image-first/--no-image-first", help="t2v: make frame 0 first, then the clip from it (default: the pipeline's)."),
     seed: int = typer.Option(0, "--seed", help="Clip i is sampled with seed + i, in every row."),
     out: Path = typer.Option(Path("report.json"), "--out", help="The JSON report; the .md summary and .png contact sheet go beside it."),
@@ -85,7 +88,7 @@ def shapes(
     from kinema.eval.shapes_eval import evaluate_shapes, get_task, shapes_markdown
 
     get_task(task)  # a bad name fails before the model loads
-    settings = _settings(steps, sampler, guidance, guidance_interval, seed, image_first)
+    settings = _settings(steps, sampler, guidance, guidance_interval, seed, image_first, shift)
     pipe = _load_pipeline(model, device, precision)
     report, sheet = evaluate_shapes(
         pipe, model=model, n=n, split=split, task=task, settings=settings, i3d=i3d, save_videos=save_videos,
@@ -105,6 +108,7 @@ def digits(
     sampler: str = typer.Option(None, "--sampler", help="Sampler (default: the pipeline's)."),
     guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
     guidance_interval: str = typer.Option(None, "--guidance-interval", metavar="LO,HI", help="Guide only at noise levels sigma in [LO, HI]; 0,inf: every step (default: the pipeline's)."),
+    shift: float = typer.Option(None, "--shift", help="Noise-level shift of the sampling schedule, > 0 (default: the pipeline's)."),
     seed: int = typer.Option(0, "--seed", help="Clip i is sampled with seed + i, in every row."),
     out: Path = typer.Option(Path("digits_report.json"), "--out", help="The JSON report; the .md and .png go beside it."),
     save_videos: Path = typer.Option(None, "--save-videos", help="Keep every clip here, prompt in its metadata."),
@@ -116,7 +120,7 @@ def digits(
     from kinema.eval.digits import digits_markdown, evaluate_digits
     from kinema.eval.report import write_report
 
-    settings = _settings(steps, sampler, guidance, guidance_interval, seed)
+    settings = _settings(steps, sampler, guidance, guidance_interval, seed, shift=shift)
     pipe = _load_pipeline(model, device, precision)
     report, sheet = evaluate_digits(
         pipe, model=model, n=n, digits=count, settings=settings, classifier=classifier, save_videos=save_videos, progress=_progress

@@ -44,6 +44,7 @@ def generate(
     sampler: Optional[str] = typer.Option(None, "--sampler", help="euler, heun, dpmpp_2m, ddim, ddpm or unipc (default: the model's)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale >= 0 (1 is off; default: the model's)."),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", metavar="LO,HI", help="Guide only at noise levels sigma in [LO, HI] (cheaper steps elsewhere); 0,inf guides every step (default: the model's)."),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Noise-level shift of the sampling schedule, > 0 (flow matching; higher spends more steps at high noise; default: the model's)."),
     image_first: Optional[bool] = typer.Option(None, "--image-first/--no-image-first", help="Text-to-video: make frame 0 first, then the clip from it (default: the model's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the first video (the next use seed + 1, ...); default random, printed."),
     num: int = typer.Option(1, "--num", help="Videos per prompt."),
@@ -84,6 +85,8 @@ def generate(
     if guidance is not None:
         common.check_guidance(guidance)
     interval = None if guidance_interval is None else common.parse_guidance_interval(guidance_interval)
+    if shift is not None and not shift > 0:
+        raise KinemaError(f"--shift must be > 0 (the sampling schedule's noise-level shift), got {shift}")
     if fps is not None:
         common.check_fps(fps)
     if frames is not None:
@@ -114,7 +117,7 @@ def generate(
     pipe = Pipeline.load(model, device=device, precision=precision)
     _warn_unfamiliar(pipe, prompts)
     common_args: dict[str, Any] = dict(
-        num_inference_steps=steps, guidance_scale=guidance, guidance_interval=interval, sampler=sampler, seed=seed, num_videos=num, fps=fps,
+        num_inference_steps=steps, guidance_scale=guidance, guidance_interval=interval, shift=shift, sampler=sampler, seed=seed, num_videos=num, fps=fps,
         progress=not quiet,
     )  # fmt: skip
     total = _total_frames(pipe, frames, clip, extend is not None)

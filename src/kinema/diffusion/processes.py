@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -184,10 +184,15 @@ class FlowMatching(_GaussianPath):
     def sigma_from_timestep(self, timestep: Tensor) -> Tensor:
         return timestep.to(schedule_dtype(timestep.device)) / self.num_train_timesteps
 
-    def sigmas(self, num_steps: int) -> Tensor:
-        """num_steps + 1 noise levels from 1 (pure noise) to 0: uniform in s, then shifted. float64 (num_steps + 1,)."""
+    def sigmas(self, num_steps: int, *, shift: float | None = None) -> Tensor:
+        """num_steps + 1 noise levels from 1 (pure noise) to 0: uniform in s, then shifted. float64 (num_steps + 1,).
+
+        shift: the sampling schedule's own shift instead of the process's (Wan's sample_shift); higher
+        spends more of the steps at high noise, where a clip's layout and motion are decided.
+        """
         _check_steps(num_steps)
-        return self.shifted(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64))
+        process = self if shift is None else replace(self, shift=shift)
+        return process.shifted(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64))
 
     def sample_training_sigmas(
         self, n: int, *, generator: torch.Generator | None = None, device: torch.device | str | None = None

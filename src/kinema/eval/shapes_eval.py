@@ -69,6 +69,8 @@ class GenerationSettings:
     """Classifier-free guidance scale."""
     guidance_interval: tuple[float, float] | None = None
     """(sigma_lo, sigma_hi): guide only at these noise levels ((0, inf): every step)."""
+    shift: float | None = None
+    """The sampling schedule's noise-level shift (`SamplingSettings.shift`)."""
     image_first: bool | None = None
     """Text-to-video makes frame 0 first, then the clip from it (`SamplingSettings.image_first`)."""
     seed: int = 0
@@ -79,6 +81,8 @@ class GenerationSettings:
             raise ValueError(f"GenerationSettings.steps must be an int >= 1 or None, got {self.steps!r}")
         if self.guidance is not None and not self.guidance >= 0:
             raise ValueError(f"GenerationSettings.guidance must be >= 0 or None, got {self.guidance!r}")
+        if self.shift is not None and not self.shift > 0:
+            raise ValueError(f"GenerationSettings.shift must be > 0 or None, got {self.shift!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"GenerationSettings.seed must be an int >= 0, got {self.seed!r}")
         if self.guidance_interval is not None:
@@ -93,7 +97,8 @@ class GenerationSettings:
         """The sampling keywords of clip `index` for Pipeline.generate / extend."""
         return {
             "num_inference_steps": self.steps, "sampler": self.sampler, "guidance_scale": self.guidance,
-            "guidance_interval": self.guidance_interval, "image_first": self.image_first, "seed": self.seed + index,
+            "guidance_interval": self.guidance_interval, "shift": self.shift, "image_first": self.image_first,
+            "seed": self.seed + index,
         }  # fmt: skip
 
     def resolved(self, pipe: Pipeline) -> dict[str, Any]:
@@ -105,6 +110,7 @@ class GenerationSettings:
             "steps": self.steps or pipe.settings.steps, "sampler": self.sampler or pipe.settings.sampler,
             "guidance": pipe.settings.guidance if self.guidance is None else self.guidance,
             "guidance_interval": None if interval is None else list(interval),
+            "shift": pipe.settings.shift if self.shift is None else self.shift,
             "image_first": pipe.settings.image_first if self.image_first is None else self.image_first, "seed": self.seed,
             "prompt_seed": PROMPT_SEED, "precision": pipe.precision,
         }  # fmt: skip
@@ -115,9 +121,10 @@ def sampling_line(s: dict[str, Any], n: int) -> str:
     interval = s.get("guidance_interval")
     where = "" if interval is None else f" at sigma in [{interval[0]:g}, {interval[1]:g}]"
     first = ", frame 0 first (image_first)" if s.get("image_first") else ""
+    shift = "" if s.get("shift") is None else f", sampling shift {s['shift']:g}"
     precision = f", {s['precision']}" if s.get("precision") else ""
     return (
-        f"Sampler {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}{where}{first}{precision}, "
+        f"Sampler {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}{where}{shift}{first}{precision}, "
         f"seeds {s['seed']}..{s['seed'] + n - 1}."
     )
 

@@ -83,6 +83,26 @@ def resolve_guidance_interval(settings: SamplingSettings, interval: Any) -> tupl
     return None if interval is None else check_guidance_interval(interval)
 
 
+def check_shift(pipe: Pipeline, shift: Any) -> float | None:
+    """A sampling shift: None, or a number > 0 for a flow-matching pipeline."""
+    from kinema.diffusion import FlowMatching
+
+    if shift is None:
+        return None
+    if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not math.isfinite(shift) or not shift > 0:
+        raise KinemaError(f"shift must be a number > 0 (the sampling schedule's noise-level shift), got {shift!r}")
+    if not isinstance(pipe.process, FlowMatching):
+        raise KinemaError(
+            f"shift applies to flow-matching pipelines; this one samples a {type(pipe.process).__name__}: leave shift unset"
+        )
+    return float(shift)
+
+
+def sampling_sigmas(pipe: Pipeline, plan: Plan) -> Tensor:
+    """The plan's noise levels: the process's schedule of plan.steps, with the plan's shift if it has one."""
+    return pipe.process.sigmas(plan.steps) if plan.shift is None else pipe.process.sigmas(plan.steps, shift=plan.shift)
+
+
 def parse_guidance_interval(text: str, flag: str = "--guidance-interval") -> tuple[float, float]:
     """The CLI form "LO,HI" (e.g. "0.3,1" or "0,inf") as a checked (lo, hi)."""
     parts = text.split(",")
@@ -211,6 +231,8 @@ class Plan:
     """Classifier-free guidance scale."""
     guidance_interval: tuple[float, float] | None
     """(sigma_lo, sigma_hi): guide only at these noise levels (the conditional pass alone elsewhere); None: always."""
+    shift: float | None
+    """The sampling schedule's noise-level shift; None: the process's (`SamplingSettings.shift`)."""
     image_first: bool
     """Text-to-video samples frame 0 alone first, then the clip from it (`SamplingSettings.image_first`)."""
     num_frames: int
@@ -238,6 +260,7 @@ def make_plan(
     width: int | None,
     fps: float | None,
     guidance_interval: tuple[float, float] | None = None,
+    shift: float | None = None,
     image_first: bool | None = None,
     least_latents: int = 1,
     frames_name: str = "num_frames",
@@ -251,6 +274,7 @@ def make_plan(
     steps = check_steps(s.steps if steps is None else steps)
     guidance = check_guidance(s.guidance if guidance is None else guidance)
     interval = resolve_guidance_interval(s, guidance_interval)
+    shift = check_shift(pipe, s.shift if shift is None else shift)
     image_first = s.image_first if image_first is None else image_first
     if not isinstance(image_first, bool):
         raise KinemaError(f"image_first must be True or False, got {image_first!r}")
@@ -266,6 +290,7 @@ def make_plan(
         steps=steps,
         guidance=guidance,
         guidance_interval=interval,
+        shift=shift,
         image_first=image_first,
         num_frames=num_frames,
         latent_shape=(pipe.vae.config.latent_channels, t, h, w),
@@ -370,7 +395,7 @@ def run_sampler(
     sigmas: the noise levels (the full schedule of plan.steps by default; an edit starts part way down).
     progress: called after every step.
     """
-    sigmas = pipe.process.sigmas(plan.steps) if sigmas is None else sigmas
+    sigmas = sampling_sigmas(pipe, plan) if sigmas is None else sigmas
     callback = None if progress is None else (lambda *_: progress())
     out = []
     for i in range(x.shape[0]):
@@ -429,6 +454,7 @@ def metadata(
             "steps": plan.steps,
             "guidance": plan.guidance,
             **({} if plan.guidance_interval is None else {"guidance_interval": "{:g},{:g}".format(*plan.guidance_interval)}),
+            **({} if plan.shift is None else {"shift": plan.shift}),
             "model_hash": pipe.model_hash,
             **{k: v for k, v in extra.items() if v is not None},
         }

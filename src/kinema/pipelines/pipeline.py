@@ -48,6 +48,10 @@ class SamplingSettings:
     guidance_interval: tuple[float, float] | None = None
     """(sigma_lo, sigma_hi): guide only at these noise levels, the conditional pass alone elsewhere, which is
     cheaper (Kynkaanniemi et al. 2024); None guides every step."""
+    shift: float | None = None
+    """Noise-level shift of the sampling schedule (flow matching: s' = shift s / (1 + (shift - 1) s), as
+    Wan's sample_shift); None samples with the process's own shift, the one it was trained with. A higher
+    shift spends more of the steps at high noise, where a clip's layout and motion are decided."""
     image_first: bool = False
     """Text-to-video in two stages: frame 0 as an image (a one-frame clip), then the clip from it, as
     image-to-video (Emu Video's factorized generation); costs one extra, much smaller, sampling run."""
@@ -80,6 +84,8 @@ class SamplingSettings:
                 object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
             except KinemaError as e:
                 raise ValueError(f"SamplingSettings.{e}") from None
+        if self.shift is not None and (isinstance(self.shift, bool) or not self.shift > 0):
+            raise ValueError(f"SamplingSettings.shift must be > 0 or None, got {self.shift!r}")
         if not isinstance(self.image_first, bool):
             raise ValueError(f"SamplingSettings.image_first must be True or False, got {self.image_first!r}")
         if not self.fps > 0:
@@ -209,6 +215,7 @@ class Pipeline:
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        shift: float | None = None,
         sampler: str | None = None,
         seed: int | None = None,
         num_videos: int = 1,
@@ -222,7 +229,8 @@ class Pipeline:
         or tensor (see `kinema.pipelines.inputs`); the clip takes its size unless height/width are given,
         in which case it is resized. seed: sample i uses seed + i (None: a random seed, recorded in the
         metadata). guidance_interval: (sigma_lo, sigma_hi), the noise levels where guidance runs ((0, inf):
-        every step). image_first: text-to-video makes frame 0 first, then the clip from it (see
+        every step). shift: the sampling schedule's noise-level shift (see `SamplingSettings.shift`).
+        image_first: text-to-video makes frame 0 first, then the clip from it (see
         `SamplingSettings.image_first`). Defaults for the rest come from `self.settings`.
         """
         from kinema.pipelines import tasks
@@ -236,7 +244,7 @@ class Pipeline:
             width = picture.width if width is None else width
         plan = self._plan(
             len(prompts), seed, num_inference_steps, guidance_scale, sampler, num_frames, height, width, fps,
-            guidance_interval=guidance_interval, image_first=image_first if picture is None else False,
+            guidance_interval=guidance_interval, shift=shift, image_first=image_first if picture is None else False,
             least_latents=1 if picture is None else 2,  # image-to-video needs a latent frame after the image
         )  # fmt: skip
         runs = 2 if plan.image_first and plan.latent_shape[1] > 1 else 1
@@ -260,6 +268,7 @@ class Pipeline:
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        shift: float | None = None,
         sampler: str | None = None,
         seed: int | None = None,
         num_videos: int = 1,
@@ -279,7 +288,7 @@ class Pipeline:
         width = start.width if width is None else width
         plan = self._plan(
             len(prompts), seed, num_inference_steps, guidance_scale, sampler, num_frames, height, width, fps,
-            guidance_interval=guidance_interval, least_latents=3,
+            guidance_interval=guidance_interval, shift=shift, least_latents=3,
         )  # fmt: skip
         size = (plan.height, plan.width)
         with common.Progress(len(prompts) * plan.steps, progress, "interpolate") as bar:
@@ -298,6 +307,7 @@ class Pipeline:
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        shift: float | None = None,
         sampler: str | None = None,
         seed: int | None = None,
         num_videos: int = 1,
@@ -322,7 +332,7 @@ class Pipeline:
         plan = self._plan(
             num_videos, seed, num_inference_steps, guidance_scale, sampler, window_frames, clip.height, clip.width,
             clip.fps if fps is None else fps, least_latents=2, frames_name="window_frames",
-            guidance_interval=guidance_interval,
+            guidance_interval=guidance_interval, shift=shift,
         )  # fmt: skip
         context = self._context_frames(context_frames, plan)
         adds = tasks.extension_windows(self, clip.num_frames, new_frames, context, plan)
@@ -349,6 +359,7 @@ class Pipeline:
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        shift: float | None = None,
         sampler: str | None = None,
         seed: int | None = None,
         num_videos: int = 1,
@@ -370,7 +381,7 @@ class Pipeline:
         pixels = None if mask is None else as_mask(mask, clip)
         plan = self._plan(
             len(prompts), seed, num_inference_steps, guidance_scale, sampler, clip.num_frames, clip.height, clip.width,
-            clip.fps if fps is None else fps, frames_name="video frames", guidance_interval=guidance_interval,
+            clip.fps if fps is None else fps, frames_name="video frames", guidance_interval=guidance_interval, shift=shift,
         )  # fmt: skip
         run = tasks.edit_steps(strength, plan.steps)
         with common.Progress(len(prompts) * run, progress, "edit") as bar:

@@ -39,6 +39,7 @@ from kinema.pipelines.common import (
     run_sampler,
     sample_and_decode,
     sample_random,
+    sampling_sigmas,
     to_videos,
 )
 from kinema.video import Video, to_tensor, to_uint8
@@ -215,7 +216,7 @@ def edit(
     latents = encode(pipe, source)
     n = len(plan.seeds)
     run = edit_steps(strength, plan.steps)
-    sigmas = pipe.process.sigmas(plan.steps)[plan.steps - run :]
+    sigmas = sampling_sigmas(pipe, plan)[plan.steps - run :]
     if mask is None:
         cond = conditioning.text_to_video((n, *latents.shape[1:]), device=pipe.device)
     else:
