@@ -152,7 +152,7 @@ def test_extension_and_masked_edit(model, files, tmp_path):
         (["--edit", "{clip}", "--mask", "{small}"], "mask is 8x8 (HxW) but the clip is 16x16"),
         (["--out", "{tmp}/video.avi"], "cannot write .avi"),
         (["--out", "{tmp}/one.png"], "a .png file holds one frame but the video has 9"),
-        (["--model", "shapes"], "no pipeline named 'shapes' is shipped yet; pass --model DIR"),
+        (["--model", "shapez"], "no pipeline named 'shapez'; shipped pipelines: shapes; or pass a pipeline directory"),
         (["--model", "{tmp}/nowhere/"], "no such pipeline directory"),
         (["--device", "cuda"], "CUDA is not available"),
         (["--precision", "fp16"], "precision must be one of fp32, bf16"),
