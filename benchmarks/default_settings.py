@@ -57,7 +57,9 @@ def network_passes(
     Heun evaluates at every sigma and again at the next one (not on its last step, to 0); the others once a step.
     With image_first the one-frame run first counts as 1/T of a pass per evaluation (T latent frames).
     """
-    sigmas = (pipe.process.sigmas(steps) if shift is None else pipe.process.sigmas(steps, shift=shift)).tolist()
+    from kinema.pipelines.common import sampling_sigmas
+
+    sigmas = sampling_sigmas(pipe, steps, shift).tolist()
     evaluated = sigmas[:-1] + (sigmas[1:-1] if sampler == "heun" else [])
     lo, hi = interval if interval is not None else (0.0, float("inf"))
     passes = sum(2 if guidance != 1.0 and lo <= s <= hi else 1 for s in evaluated)

@@ -273,7 +273,7 @@ def test_eval_shapes_command_end_to_end(tiny_pipeline, tmp_path, capsys):
     assert "guidance 2.0 at sigma in [0.5, 1], sampling shift 3, frame 0 first (image_first), fp32" in capsys.readouterr().out
 
 
-def test_eval_shapes_command_refuses_bad_input(tiny_pipeline, tmp_path):
+def test_eval_shapes_command_refuses_bad_input(tiny_pipeline, tmp_path, capsys):
     from kinema.cli import main
 
     with pytest.raises(SystemExit) as e:
@@ -282,3 +282,6 @@ def test_eval_shapes_command_refuses_bad_input(tiny_pipeline, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["eval", "shapes", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "r.json")])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "shapes", "--model", str(tiny_pipeline), "--shift", "0", "--out", str(tmp_path / "r.json")])
+    assert e.value.code == 2 and "--shift must be a number > 0" in capsys.readouterr().err

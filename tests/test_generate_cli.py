@@ -132,7 +132,7 @@ def test_extension_and_masked_edit(model, files, tmp_path):
         (["--guidance", "-1"], "guidance (guidance_scale) must be a number >= 0"),
         (["--guidance-interval", "0.5"], "--guidance-interval '0.5': give LO,HI"),
         (["--guidance-interval", "1,0.5"], "guidance_interval must be (sigma_lo, sigma_hi) with 0 <= lo <= hi"),
-        (["--shift", "0"], "--shift must be > 0 (the sampling schedule's noise-level shift), got 0.0"),
+        (["--shift", "0"], "--shift must be a number > 0 (the sampling schedule's noise-level shift), got 0.0"),
         (["--sampler", "fast"], "unknown sampler 'fast'; choose one of euler, heun"),
         (["--frames", "10"], "num_frames=10 cannot be made: this model makes 1 + 4k frames; use 9 or 13"),
         (["--size", "20"], "needs multiples of 8"),

@@ -42,7 +42,7 @@ def _settings(
 ):
     from kinema.errors import KinemaError
     from kinema.eval.shapes_eval import GenerationSettings
-    from kinema.pipelines.common import check_guidance, check_sampler, parse_guidance_interval
+    from kinema.pipelines.common import check_guidance, check_sampler, check_shift_value, parse_guidance_interval
 
     if sampler is not None:
         check_sampler(sampler)
@@ -50,8 +50,8 @@ def _settings(
         check_guidance(guidance)
     if seed < 0:
         raise KinemaError(f"--seed must be >= 0, got {seed}")
-    if shift is not None and not shift > 0:
-        raise KinemaError(f"--shift must be > 0 (the sampling schedule's noise-level shift), got {shift}")
+    if shift is not None:
+        check_shift_value(shift, "--shift")
     guidance_interval = None if interval is None else parse_guidance_interval(interval)
     return GenerationSettings(
         steps=steps, sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, shift=shift,

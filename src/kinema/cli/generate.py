@@ -85,8 +85,8 @@ def generate(
     if guidance is not None:
         common.check_guidance(guidance)
     interval = None if guidance_interval is None else common.parse_guidance_interval(guidance_interval)
-    if shift is not None and not shift > 0:
-        raise KinemaError(f"--shift must be > 0 (the sampling schedule's noise-level shift), got {shift}")
+    if shift is not None:
+        common.check_shift_value(shift, "--shift")
     if fps is not None:
         common.check_fps(fps)
     if frames is not None:

@@ -83,24 +83,30 @@ def resolve_guidance_interval(settings: SamplingSettings, interval: Any) -> tupl
     return None if interval is None else check_guidance_interval(interval)
 
 
+def check_shift_value(shift: Any, name: str = "shift") -> float:
+    """A sampling shift as a number > 0; name is what the error calls it (e.g. "--shift")."""
+    if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not math.isfinite(shift) or not shift > 0:
+        raise KinemaError(f"{name} must be a number > 0 (the sampling schedule's noise-level shift), got {shift!r}")
+    return float(shift)
+
+
 def check_shift(pipe: Pipeline, shift: Any) -> float | None:
     """A sampling shift: None, or a number > 0 for a flow-matching pipeline."""
     from kinema.diffusion import FlowMatching
 
     if shift is None:
         return None
-    if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not math.isfinite(shift) or not shift > 0:
-        raise KinemaError(f"shift must be a number > 0 (the sampling schedule's noise-level shift), got {shift!r}")
+    shift = check_shift_value(shift)
     if not isinstance(pipe.process, FlowMatching):
         raise KinemaError(
             f"shift applies to flow-matching pipelines; this one samples a {type(pipe.process).__name__}: leave shift unset"
         )
-    return float(shift)
+    return shift
 
 
-def sampling_sigmas(pipe: Pipeline, plan: Plan) -> Tensor:
-    """The plan's noise levels: the process's schedule of plan.steps, with the plan's shift if it has one."""
-    return pipe.process.sigmas(plan.steps) if plan.shift is None else pipe.process.sigmas(plan.steps, shift=plan.shift)
+def sampling_sigmas(pipe: Pipeline, steps: int, shift: float | None = None) -> Tensor:
+    """The noise levels of a sampling run: the process's schedule of steps, on another shift when one is given."""
+    return pipe.process.sigmas(steps) if shift is None else pipe.process.sigmas(steps, shift=shift)
 
 
 def parse_guidance_interval(text: str, flag: str = "--guidance-interval") -> tuple[float, float]:
@@ -395,7 +401,7 @@ def run_sampler(
     sigmas: the noise levels (the full schedule of plan.steps by default; an edit starts part way down).
     progress: called after every step.
     """
-    sigmas = sampling_sigmas(pipe, plan) if sigmas is None else sigmas
+    sigmas = sampling_sigmas(pipe, plan.steps, plan.shift) if sigmas is None else sigmas
     callback = None if progress is None else (lambda *_: progress())
     out = []
     for i in range(x.shape[0]):
