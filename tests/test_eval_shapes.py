@@ -97,6 +97,28 @@ def test_extension_probes_the_last_window():
     report, _ = run(Renderer(motion="still"), task="extend", n=3)
     acc = rows(report)["model"]["accuracy"]
     assert acc["colour"]["rate"] == 1.0 and acc["shape"]["rate"] == 1.0 and acc["motion"]["rate"] < 1.0
+    assert "continuation" not in run(Renderer(), task="t2v", n=2)[0]
+    c = report["continuation"]
+    assert c["room_for_motion"]["n"] == 3 and c["model_joint_with_room"]["n"] == c["room_for_motion"]["k"]
+    assert "Room to continue:" in shapes_markdown(report)
+
+
+def test_room_ahead_is_the_free_canvas_in_the_direction_of_motion():
+    from kinema.eval.shapes_eval import continuation, room_ahead
+
+    def obj(motion, start, distance):  # side 13 on 64: the box's left edge can go from 0 to 51
+        return make_object(colour="red", shape="square", size="small", motion=motion, canvas=64, frames=FRAMES, start=start, distance=distance)
+
+    right = obj("right", (0.0, 0.5), 0.0)  # starts at x = 0, travels 0.3 * 64 = 19.2
+    assert room_ahead(right) == pytest.approx(51 - 19.2)
+    assert room_ahead(obj("left", (1.0, 0.5), 1.0)) == pytest.approx(51 - 32)  # from the far right, 0.5 * 64 back
+    assert room_ahead(obj("up", (0.5, 0.0), 0.0)) == pytest.approx(0.0)  # ends at the top edge
+    assert room_ahead(obj("down", (0.5, 1.0), 0.0)) == pytest.approx(0.0)  # ends at the bottom edge
+    assert room_ahead(obj("still", (0.3, 0.3), 0.0)) == float("inf")
+    scenes = [[right], [obj("up", (0.5, 0.0), 0.0)], [obj("still", (0.3, 0.3), 0.0)]]
+    c = continuation(scenes, [False, True, True])
+    assert (c["inside_at_own_speed"]["k"], c["room_for_motion"]["k"], c["model_joint_with_room"]["k"]) == (1, 2, 1)
+    assert c["model_joint_with_room"]["n"] == 2
 
 
 def test_grid_covers_every_combination_of_the_split_at_both_sizes():

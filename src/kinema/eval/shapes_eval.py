@@ -11,6 +11,7 @@ and which of its frames the probe reads:
     t2v     the prompt alone; the probe reads all frames
     i2v     the prompt and the real clip's first frame; also the PSNR of generated frame 0 against it
     extend  the real clip continued to 4x its length (65 frames for 17) with the prompt; the probe reads the last 17
+            (the report also says how many real clips leave their object room to go on moving: `continuation`)
 
 Reference rows, in every report:
 - `real`: the real rendered clips through the same probe (100% by construction;
@@ -143,6 +144,42 @@ def _image_to_video(pipe: Pipeline, prompt: str, real: np.ndarray, kw: dict[str,
 def _extend(pipe: Pipeline, prompt: str, real: np.ndarray, kw: dict[str, Any]) -> Video:
     kw = {k: v for k, v in kw.items() if k != "image_first"}  # a text-to-video setting; the clip gives frame 0
     return pipe.extend(real, prompt, num_frames=(EXTEND_FACTOR - 1) * (len(real) - 1), **kw)
+
+
+def room_ahead(obj: dict[str, Any]) -> float:
+    """Pixels an object (as from `make_object`) can still travel along its motion after its clip's last frame
+    before its box touches the canvas edge; inf for a still object."""
+    from kinema.data.shapes import MOTION_DIRECTIONS
+
+    ux, uy = MOTION_DIRECTIONS[obj["motion_index"]]
+    if ux == uy == 0:
+        return float("inf")
+    end = [obj["start"][k] + obj["displacement"][k] for k in (0, 1)]
+    far = obj["canvas"] - obj["side"]
+    return end[0] if ux < 0 else far - end[0] if ux > 0 else end[1] if uy < 0 else far - end[1]
+
+
+def continuation(scenes: Sequence[Sequence[dict[str, Any]]], model_correct: Sequence[bool]) -> dict[str, Any]:
+    """What the extend task's continuations have room for, from each real clip's object at its last frame.
+
+    inside_at_own_speed: the object stays in the canvas to the last extended frame at its clip's velocity
+    (the continuation the data's physics gives; only still objects do, as DISPLACEMENT_RANGE is 0.3-0.5 S a clip).
+    room_for_motion: the object has the STILL_MAX_DISPLACEMENT * S the probe needs to see its motion ahead of it,
+    so some in-canvas continuation can pass. model_joint_with_room: the model row's joint accuracy on those clips.
+    """
+    from kinema.eval.metrics import proportion
+    from kinema.eval.shapes_probe import STILL_MAX_DISPLACEMENT
+
+    objects = [objs[0] for objs in scenes]
+    rooms = [room_ahead(o) for o in objects]
+    own = [r >= (EXTEND_FACTOR - 1) * float(np.hypot(*o["displacement"])) for r, o in zip(rooms, objects)]
+    roomy = [r >= STILL_MAX_DISPLACEMENT * o["canvas"] for r, o in zip(rooms, objects)]
+    n = len(objects)
+    return {
+        "inside_at_own_speed": proportion(sum(own), n),
+        "room_for_motion": proportion(sum(roomy), n),
+        "model_joint_with_room": proportion(sum(c for c, r in zip(model_correct, roomy) if r), sum(roomy)),
+    }
 
 
 @dataclass(frozen=True)
@@ -493,6 +530,8 @@ def evaluate_shapes(
         "rows": rows,
         "clips": clip_records,
     }  # fmt: skip
+    if eval_task.probe_last:  # a continuation: say how much room the real clips leave it
+        report_data["continuation"] = continuation(scenes, [r[rows[0]["name"]]["correct"] for r in clip_records])
     if saved:
         report_data["videos"] = saved
     return report_data, sheet
@@ -517,6 +556,7 @@ def _prompts_line(report: dict[str, Any]) -> str:
 def shapes_markdown(report: dict[str, Any]) -> str:
     """The Markdown summary of a shapes report."""
     from kinema.eval.report import markdown_table, number, percent
+    from kinema.eval.shapes_probe import STILL_MAX_DISPLACEMENT
 
     acc = lambda key: lambda r: percent(r["accuracy"][key])  # noqa: E731
     columns = [
@@ -560,6 +600,15 @@ def shapes_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"{report['fvd']['label']}: a small 3D CNN trained by kinema on shapes clips, not the I3D of published "
             "FVD numbers; compare it only with itself at the same n."
+        )
+    if "continuation" in report:
+        c = report["continuation"]
+        lines.append(
+            f"Room to continue: at its own clip's speed the object stays in the canvas to the last extended frame in "
+            f"{percent(c['inside_at_own_speed'])} of clips (the still ones: a moving object covers 0.3-0.5 of the canvas "
+            f"every {report['clip']['frames'] - 1} frames). {percent(c['room_for_motion'])} of clips leave the object "
+            f"the {STILL_MAX_DISPLACEMENT:.2f} S ahead of it that the probe needs to see its motion; on those the "
+            f"model's joint accuracy is {percent(c['model_joint_with_room'])}."
         )
     real = next(r for r in report["rows"] if r["name"] == "real")
     if real["accuracy"]["joint"]["rate"] != 1.0:
