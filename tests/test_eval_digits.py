@@ -147,7 +147,7 @@ class DigitRenderer:
 
 def test_evaluate_digits_report(tmp_path):
     renderer = DigitRenderer()
-    report, sheet = evaluate_digits(renderer, model="renderer", n=4, variants=[("model", "model", renderer)])
+    report, sheet = evaluate_digits(renderer, model="renderer", n=4, variants=[("model", "model", renderer)], vae_row=False)
     names = [r["name"] for r in report["rows"]]
     assert names == ["model", "real"]
     model, real = report["rows"]
@@ -178,9 +178,11 @@ def test_eval_digits_command_end_to_end(tmp_path):
     out = tmp_path / "digits.json"
     main(["eval", "digits", "--model", str(directory), "--n", "1", "--out", str(out)])
     report = json.loads(out.read_text())
-    assert report["kind"] == "kinema-eval-digits" and [r["name"] for r in report["rows"]] == ["model", "within_frame", "real"]
+    assert report["kind"] == "kinema-eval-digits" and [r["name"] for r in report["rows"]] == ["model", "within_frame", "vae", "real"]
     for row in report["rows"]:
         assert {"clip_accuracy", "frame_accuracy", "identity_consistency", "consistent_clips", "flicker"} <= set(row)
     assert report["rows"][-1]["frame_accuracy"] >= 0.8  # real clips read by the probe
-    assert all(k in report["clips"][0] for k in ("model", "within_frame", "real"))
+    assert all(k in report["clips"][0] for k in ("model", "within_frame", "vae", "real"))
+    assert report["rows"][2]["seconds_per_clip"] is None  # a reference row: nothing was generated
     assert (tmp_path / "digits.md").is_file() and (tmp_path / "digits.png").is_file()
+    assert "The VAE row is the real clips encoded and decoded" in (tmp_path / "digits.md").read_text()

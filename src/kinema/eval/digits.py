@@ -360,16 +360,21 @@ def evaluate_digits(
     save_videos: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
     variants: Any = None,
+    vae_row: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate a pipeline trained on moving digits: clips from the captions of the test split, read by the probe.
 
-    Rows: the model, the model with frames denoised apart, and the real test clips (the probe's ceiling).
+    Rows: the model, the model with frames denoised apart, the real test clips through the pipeline's VAE
+    (what a perfect denoiser would give: the model's ceiling) and the real test clips (the probe's ceiling).
     Returns (report, sheet) for `kinema.eval.report.write_report(report, sheet, out, digits_markdown)`.
     variants: the generated rows as (name, label, pipeline); default `model_rows(pipe)`.
+    vae_row: add the `vae` row.
     """
     from kinema.data.digits import MovingDigitsDataset
     from kinema.eval.metrics import flicker
-    from kinema.eval.shapes_eval import PROMPT_SEED, SHEET_CLIPS, TASKS, GenerationSettings, as_batch, generate_clips, model_rows, save_clips
+    from kinema.eval.shapes_eval import (
+        PROMPT_SEED, SHEET_CLIPS, TASKS, GenerationSettings, as_batch, generate_clips, model_rows, save_clips, through_vae,
+    )  # fmt: skip
 
     settings = settings or GenerationSettings()
     if not isinstance(n, int) or n < 1:
@@ -400,10 +405,16 @@ def evaluate_digits(
             saved[name] = save_clips(Path(save_videos) / name, generated, marks)
         if not sheet:  # the first row: the model
             sheet = {"clips": generated.clips[:SHEET_CLIPS], "captions": prompts[:SHEET_CLIPS], "passed": [r["correct"] for r in results[:SHEET_CLIPS]]}
-    summary, results = row("real", "real test clips (the probe's ceiling)", reals, None)
-    rows.append(summary)
-    for record, r in zip(records, results):
-        record["real"] = {k: r[k] for k in ("correct", "reading", "frame_accuracy", "consistency")}
+    references = [("real", "real test clips (the probe's ceiling)", reals)]
+    if vae_row:
+        if progress is not None:
+            progress(f"[vae] encoding and decoding the {n} real clips")
+        references.insert(0, ("vae", "real clips through the VAE (the model's ceiling)", through_vae(pipe, reals)))
+    for name, label, clips in references:
+        summary, results = row(name, label, clips, None)
+        rows.append(summary)
+        for record, r in zip(records, results):
+            record[name] = {k: r[k] for k in ("correct", "reading", "frame_accuracy", "consistency")}
 
     info = classifier_info(classifier)
     report = {
@@ -426,7 +437,7 @@ def evaluate_digits(
 def digits_markdown(report: dict[str, Any]) -> str:
     """The Markdown summary of a digits report."""
     from kinema.eval.report import markdown_table, number, percent
-    from kinema.eval.shapes_eval import sampling_line
+    from kinema.eval.shapes_eval import VAE_ROW_NOTE, sampling_line
 
     columns = [
         ("row", lambda r: r["label"]),
@@ -454,4 +465,6 @@ def digits_markdown(report: dict[str, Any]) -> str:
         "consistency: share of frames that agree with the clip's most common reading. The real row is the ceiling "
         "of the probe itself (overlapping digits are hard to split).",
     ]
+    if any(r["name"] == "vae" for r in report["rows"]):
+        lines.append(VAE_ROW_NOTE)
     return "\n".join(lines) + "\n"

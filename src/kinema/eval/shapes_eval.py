@@ -53,6 +53,10 @@ EXTEND_FACTOR = 4
 """The extend task continues a clip of F frames to 1 + EXTEND_FACTOR * (F - 1) frames (65 for 17)."""
 SHEET_CLIPS = 16
 """Clips shown on the contact sheet."""
+VAE_ROW_NOTE = (
+    "The VAE row is the real clips encoded and decoded by the pipeline's VAE: what a perfect denoiser "
+    "would give, so the most the model row can reach."
+)
 
 
 # ----------------------------------------------------------------------------- generation settings and tasks
@@ -592,10 +596,7 @@ def shapes_markdown(report: dict[str, Any]) -> str:
         "the same captions drawn again (new positions and speeds): the floor of the FVD at this n.",
     ]
     if any(r["name"] == "vae" for r in report["rows"]):
-        lines.append(
-            "The VAE row is the real clips encoded and decoded by the pipeline's VAE: what a perfect denoiser "
-            "would give, so the most the model row can reach."
-        )
+        lines.append(VAE_ROW_NOTE)
     if not report["fvd"]["standard"]:
         lines.append(
             f"{report['fvd']['label']}: a small 3D CNN trained by kinema on shapes clips, not the I3D of published "
