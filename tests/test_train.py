@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -182,6 +183,15 @@ def test_config_overrides_files_and_resume_checks(tmp_path):
         override(base, {"unet.channels": 8})
     with pytest.raises(KinemaError, match="optim.grad_accum must be >= 1"):
         override(base, {"optim.grad_accum": 0})
+    with pytest.raises(KinemaError, match="sample.shift must be > 0 or null"):
+        override(base, {"sample.shift": 0})
+    assert override(base, {"sample.shift": 6}).sample.shift == 6
+    from kinema.diffusion import VPDiffusion
+
+    with pytest.raises(ValueError, match="sample.shift applies to flow matching"):
+        dataclasses.replace(
+            base, diffusion=dataclasses.replace(base.diffusion, flow=None, vp=VPDiffusion()), sample=dataclasses.replace(base.sample, shift=3.0)
+        )  # fmt: skip
     toml = tmp_path / "run.toml"
     toml.write_text('preset = "shapes-dit-debug"\nsteps = 7\n[optim]\nlr = 0.002\n[dit]\nnum_layers = 1\n')
     from_file = load_config(str(toml))
@@ -235,13 +245,14 @@ def test_diffusion_debug_presets_train_and_export(preset, vae_dir, tmp_path):
     from kinema.models.checkpoint import load_model
 
     t0 = time.perf_counter()
-    result = train(load_config(preset, {"diffusion.vae_path": str(vae_dir)}), tmp_path)
+    result = train(load_config(preset, {"diffusion.vae_path": str(vae_dir), "sample.shift": 3.0}), tmp_path)
     assert time.perf_counter() - t0 < 60
     assert result.step == 4 and result.pipeline == tmp_path / "pipeline"
     from kinema.pipelines import Pipeline
 
     meta = json.loads((result.pipeline / "pipeline.json").read_text())
     assert meta["process"]["kind"] == "flow_matching" and set(meta["components"]) == {"denoiser", "text_encoder", "vae"}
+    assert Pipeline.load(result.pipeline).settings.shift == 3.0  # the sampling defaults travel with the pipeline
     video = Pipeline.load(result.pipeline).generate("a small red circle moving right", num_inference_steps=2, seed=0)
     assert video.frames.shape == (5, 32, 32, 3)
     ema = weights(tmp_path, 4, "ema")

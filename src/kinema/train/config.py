@@ -185,6 +185,9 @@ class SampleConfig:
     """Sampler (see kinema.diffusion.samplers)."""
     guidance: float = 4.0
     """Classifier-free guidance scale (1 = off)."""
+    shift: float | None = None
+    """Noise-level shift of the sampling schedule, > 0 (flow matching only; None: the training shift).
+    Exported with the pipeline as its default, like steps and guidance."""
     fps: float = 8.0
     """Frame rate of the written clips."""
 
@@ -193,6 +196,7 @@ class SampleConfig:
         _check(self.count >= 1, f"sample.count must be >= 1, got {self.count}")
         _check(self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}")
         _check(self.guidance >= 1, f"sample.guidance must be >= 1, got {self.guidance}")
+        _check(self.shift is None or self.shift > 0, f"sample.shift must be > 0 or null, got {self.shift}")
         _check(self.fps > 0, f"sample.fps must be > 0, got {self.fps}")
 
 
@@ -316,6 +320,10 @@ class TrainConfig:
             _check(
                 self.vae is None and self.vae_loss is None,
                 "stage 'diffusion' loads its VAE from diffusion.vae_path; set `vae` and `vae_loss` to null",
+            )
+            _check(
+                self.sample.shift is None or self.diffusion.flow is not None,
+                "sample.shift applies to flow matching; this run trains diffusion.vp: set sample.shift to null",
             )
         accum = self.optim.grad_accum
         _check(

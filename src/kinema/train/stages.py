@@ -257,7 +257,7 @@ def generate(
     latents = sample(
         denoise,
         noise,
-        process.sigmas(s.steps),
+        process.sigmas(s.steps) if s.shift is None else process.sigmas(s.steps, shift=s.shift),
         process=process,
         method=s.method,
         generator=torch.Generator(device).manual_seed(s.seed),
@@ -282,6 +282,7 @@ def export_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, dire
         sampler=s.method,
         steps=s.steps,
         guidance=s.guidance,
+        shift=s.shift,
         num_frames=config.data.frames,
         height=config.data.size,
         width=config.data.size,
