@@ -59,7 +59,7 @@ def network_passes(
     """
     from kinema.pipelines.common import sampling_sigmas
 
-    sigmas = sampling_sigmas(pipe, steps, shift).tolist()
+    sigmas = sampling_sigmas(pipe.process, steps, shift).tolist()
     evaluated = sigmas[:-1] + (sigmas[1:-1] if sampler == "heun" else [])
     lo, hi = interval if interval is not None else (0.0, float("inf"))
     passes = sum(2 if guidance != 1.0 and lo <= s <= hi else 1 for s in evaluated)

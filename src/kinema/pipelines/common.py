@@ -104,9 +104,10 @@ def check_shift(pipe: Pipeline, shift: Any) -> float | None:
     return shift
 
 
-def sampling_sigmas(pipe: Pipeline, steps: int, shift: float | None = None) -> Tensor:
-    """The noise levels of a sampling run: the process's schedule of steps, on another shift when one is given."""
-    return pipe.process.sigmas(steps) if shift is None else pipe.process.sigmas(steps, shift=shift)
+def sampling_sigmas(process: Any, steps: int, shift: float | None = None) -> Tensor:
+    """The noise levels of a sampling run: a process's schedule of steps, on another shift when one is given
+    (flow matching only: see check_shift)."""
+    return process.sigmas(steps) if shift is None else process.sigmas(steps, shift=shift)
 
 
 def parse_guidance_interval(text: str, flag: str = "--guidance-interval") -> tuple[float, float]:
@@ -401,7 +402,7 @@ def run_sampler(
     sigmas: the noise levels (the full schedule of plan.steps by default; an edit starts part way down).
     progress: called after every step.
     """
-    sigmas = sampling_sigmas(pipe, plan.steps, plan.shift) if sigmas is None else sigmas
+    sigmas = sampling_sigmas(pipe.process, plan.steps, plan.shift) if sigmas is None else sigmas
     callback = None if progress is None else (lambda *_: progress())
     out = []
     for i in range(x.shape[0]):

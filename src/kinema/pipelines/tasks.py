@@ -216,7 +216,7 @@ def edit(
     latents = encode(pipe, source)
     n = len(plan.seeds)
     run = edit_steps(strength, plan.steps)
-    sigmas = sampling_sigmas(pipe, plan.steps, plan.shift)[plan.steps - run :]
+    sigmas = sampling_sigmas(pipe.process, plan.steps, plan.shift)[plan.steps - run :]
     if mask is None:
         cond = conditioning.text_to_video((n, *latents.shape[1:]), device=pipe.device)
     else:

@@ -234,6 +234,7 @@ def generate(
     """Text-to-video clips (n, 3, T, H, W) from the (EMA) model: guided sampling of latents, then VAE decode."""
     from kinema.diffusion import channels, guided, model_to_denoiser, sample, text_to_video
     from kinema.models.text import pad_tokens
+    from kinema.pipelines.common import sampling_sigmas
 
     s, process, vae = config.sample, config.diffusion.process, frozen["vae"]
     device = next(model.parameters()).device
@@ -257,7 +258,7 @@ def generate(
     latents = sample(
         denoise,
         noise,
-        process.sigmas(s.steps) if s.shift is None else process.sigmas(s.steps, shift=s.shift),
+        sampling_sigmas(process, s.steps, s.shift),
         process=process,
         method=s.method,
         generator=torch.Generator(device).manual_seed(s.seed),
