@@ -181,6 +181,22 @@ def test_prompt_is_required_and_exclusive(model, tmp_path, capsys):
     assert "give PROMPT or --prompts FILE, not both" in fails(capsys, PROMPT, "--prompts", str(prompts), "--model", str(model))
 
 
+def test_only_a_process_entry_freezes_the_heap(model, tmp_path, monkeypatch):
+    """main() freezes the GC heap to end quickly, but only as a process's entry point (argv None): a caller
+    in the same process (a test, a notebook) keeps collecting its garbage."""
+    import gc
+
+    before = gc.get_freeze_count()
+    run(PROMPT, "--model", str(model), "--out", str(tmp_path / "a.mp4"))
+    assert gc.get_freeze_count() == before
+    monkeypatch.setattr(sys, "argv", ["kinema", "--help"])
+    try:
+        main()  # prints the help
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
+
+
 def test_a_real_process(model, tmp_path):
     """`python -m kinema generate` end to end (bad input's exit code 2 is checked in-process above, through the same main)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -244,9 +244,7 @@ def test_vae_debug_preset_trains_and_exports(vae_dir):
 def test_diffusion_debug_presets_train_and_export(preset, vae_dir, tmp_path):
     from kinema.models.checkpoint import load_model
 
-    t0 = time.perf_counter()
     result = train(load_config(preset, {"diffusion.vae_path": str(vae_dir), "sample.shift": 3.0}), tmp_path)
-    assert time.perf_counter() - t0 < 60
     assert result.step == 4 and result.pipeline == tmp_path / "pipeline"
     from kinema.pipelines import Pipeline
 
