@@ -6,8 +6,8 @@ train-split prompts; the shapes probe scores them (`kinema.eval.shapes_eval`, mo
 A point passes when its measured joint accuracy meets the issue's bars: >= 95% train,
 >= 85% held out (the final report then measures the chosen point on every combination). The train
 clips' mean area CV (steadiness of the object's area over frames; real clips: about 0.016) is shown
-beside them. The cheapest point
-that passes (fewest network passes, then fastest) is marked; the README's defaults come from it.
+beside them. The cheapest point that passes (fewest network passes, then fastest) is marked; the
+README's defaults come from it, and when none passes the README says which point ships and why.
 
     python benchmarks/default_settings.py                           # the shipped `shapes` pipeline
     python benchmarks/default_settings.py --model DIR --points euler:8,euler:12,dpmpp_2m:8:3.0,euler:16:4:0.3-1
