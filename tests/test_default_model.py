@@ -36,6 +36,14 @@ def test_shapes_is_shipped_small_and_loads_by_name(pipe):
     assert pipe.provenance  # how it was trained travels with it
 
 
+def test_its_preset_exports_the_sampling_it_ships_with(pipe):
+    """Retraining with `kinema train shapes-dit` gives a pipeline that samples as the shipped one does."""
+    from kinema.train.presets import load_config
+
+    sample, s = load_config("shapes-dit").sample, pipe.settings
+    assert (sample.method, sample.steps, sample.guidance, sample.shift) == (s.sampler, s.steps, s.guidance, s.shift)
+
+
 def test_text_to_video_follows_train_prompts(pipe, scenes):
     results = [score(pipe.generate(caption_for(o), seed=i).frames, caption_for(o)) for i, o in enumerate(scenes)]
     assert sum(r["colour"] for r in results) >= N - 1, [r["measured"]["colour"] for r in results]

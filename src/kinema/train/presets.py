@@ -61,7 +61,9 @@ def shapes_vae() -> TrainConfig:
     )
 
 
-def _shapes_diffusion(*, text: TextEncoderConfig, steps: int, **denoiser) -> TrainConfig:
+def _shapes_diffusion(
+    *, text: TextEncoderConfig, steps: int, sample: SampleConfig | None = None, **denoiser
+) -> TrainConfig:
     return TrainConfig(
         stage="diffusion",
         steps=steps,
@@ -91,7 +93,7 @@ def _shapes_diffusion(*, text: TextEncoderConfig, steps: int, **denoiser) -> Tra
             image_ratio=0.25, image_frame="first",
         ),
         checkpoint=CheckpointConfig(every=250, keep=3),
-        sample=SampleConfig(every=1000, prompts=SHAPES_PROMPTS, steps=20, guidance=4.0),
+        sample=sample or SampleConfig(every=1000, prompts=SHAPES_PROMPTS, steps=20, guidance=4.0),
     )
 
 
@@ -113,7 +115,9 @@ def shapes_dit() -> TrainConfig:
     (`--allow-change diffusion.conditioning`): at 18,000 nearly every wrong motion was a reversal, the
     object placed where its motion had no room.
     """
-    return _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=40_000)
+    # the shipped model's sampling defaults (benchmarks/default_settings.json), so a rerun exports them too
+    sample = SampleConfig(every=1000, prompts=SHAPES_PROMPTS, method="dpmpp_2m", steps=10, guidance=4.0, shift=6.0)
+    return _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=40_000, sample=sample)
 
 
 def shapes_unet3d() -> TrainConfig:
