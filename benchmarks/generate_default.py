@@ -3,7 +3,8 @@
 Each run is a fresh process timed by /usr/bin/time (process start, torch import, loading the
 shipped `shapes` pipeline, sampling with its default sampler and steps, decoding, writing the
 mp4 and its metadata), so the number is what a user waits for. The median of --runs is the
-headline; `python -c "import torch"` is timed the same way as the floor no command can beat.
+headline; `python -c "import torch"` is timed the same way, as the machine's floor (it includes
+the interpreter's exit collections over torch's objects, which `kinema` skips by freezing the heap).
 
     python benchmarks/generate_default.py                    # 7 runs, writes benchmarks/generate_default.json
     python benchmarks/generate_default.py --model DIR --runs 3
