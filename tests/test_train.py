@@ -250,8 +250,9 @@ def test_diffusion_debug_presets_train_and_export(preset, vae_dir, tmp_path):
 
     meta = json.loads((result.pipeline / "pipeline.json").read_text())
     assert meta["process"]["kind"] == "flow_matching" and set(meta["components"]) == {"denoiser", "text_encoder", "vae"}
-    assert Pipeline.load(result.pipeline).settings.shift == 3.0  # the sampling defaults travel with the pipeline
-    video = Pipeline.load(result.pipeline).generate("a small red circle moving right", num_inference_steps=2, seed=0)
+    pipe = Pipeline.load(result.pipeline)
+    assert pipe.settings.shift == 3.0  # the sampling defaults travel with the pipeline
+    video = pipe.generate("a small red circle moving right", num_inference_steps=2, seed=0)
     assert video.frames.shape == (5, 32, 32, 3)
     ema = weights(tmp_path, 4, "ema")
     denoiser = load_model(result.pipeline, "denoiser")
