@@ -186,6 +186,11 @@ def test_config_overrides_files_and_resume_checks(tmp_path):
     with pytest.raises(KinemaError, match="sample.shift must be > 0 or null"):
         override(base, {"sample.shift": 0})
     assert override(base, {"sample.shift": 6}).sample.shift == 6
+    with pytest.raises(KinemaError, match=r"sample.guidance_interval must be \(sigma_lo, sigma_hi\) with 0 <= lo <= hi"):
+        override(base, {"sample.guidance_interval": [2.0, 1.0]})
+    assert override(base, {"sample.guidance_interval": [0, float("inf")]}).sample.guidance_interval is None
+    with pytest.raises(KinemaError, match=r"sample.precision must be one of \('fp32', 'bf16'\) or null, got 'fp16'"):
+        override(base, {"sample.precision": "fp16"})
     from kinema.diffusion import VPDiffusion
 
     with pytest.raises(ValueError, match="sample.shift applies to flow matching"):
@@ -244,21 +249,33 @@ def test_vae_debug_preset_trains_and_exports(vae_dir):
 def test_diffusion_debug_presets_train_and_export(preset, vae_dir, tmp_path):
     from kinema.models.checkpoint import load_model
 
-    result = train(load_config(preset, {"diffusion.vae_path": str(vae_dir), "sample.shift": 3.0}), tmp_path)
-    assert result.step == 4 and result.pipeline == tmp_path / "pipeline"
     from kinema.pipelines import Pipeline
+    from kinema.train.observe import side_by_side, write_clip
+    from kinema.train.stages import sampling_settings
+    from kinema.video import read_video
 
+    sample = {"sample.shift": 3.0, "sample.guidance_interval": [0.2, 5.0]}
+    config = load_config(preset, {"diffusion.vae_path": str(vae_dir), **sample})
+    result = train(config, tmp_path)
+    assert result.step == 4 and result.pipeline == tmp_path / "pipeline"
     meta = json.loads((result.pipeline / "pipeline.json").read_text())
     assert meta["process"]["kind"] == "flow_matching" and set(meta["components"]) == {"denoiser", "text_encoder", "vae"}
     pipe = Pipeline.load(result.pipeline)
-    assert pipe.settings.shift == 3.0  # the sampling defaults travel with the pipeline
+    # the sampling defaults travel with the pipeline; it samples in the training precision unless told
+    assert pipe.settings == sampling_settings(config)
+    assert (pipe.settings.shift, pipe.settings.guidance_interval, pipe.precision) == (3.0, (0.2, 5.0), "fp32")
+    # the last preview is what the exported pipeline makes from the same seeds
+    s = config.sample
+    again = side_by_side([v.to_tensor() for v in pipe.generate(list(s.prompts), seed=s.seed)])
+    write_clip(again, tmp_path / "again.gif", fps=s.fps)
+    preview = tmp_path / "samples" / "step-000004.gif"
+    assert np.array_equal(read_video(preview).frames, read_video(tmp_path / "again.gif").frames)
     video = pipe.generate("a small red circle moving right", num_inference_steps=2, seed=0)
     assert video.frames.shape == (5, 32, 32, 3)
     ema = weights(tmp_path, 4, "ema")
     denoiser = load_model(result.pipeline, "denoiser")
     assert_same(denoiser.state_dict(), {k[len("denoiser.") :]: v for k, v in ema.items() if k.startswith("denoiser.")})
     load_model(result.pipeline, "text_encoder"), load_model(result.pipeline, "vae")
-    assert list((tmp_path / "samples").glob("step-000004.gif"))
 
 
 # ---------------------------------------------------------------------------------------------- exact resume

@@ -188,6 +188,13 @@ class SampleConfig:
     shift: float | None = None
     """Noise-level shift of the sampling schedule, > 0 (flow matching only; None: the training shift).
     Exported with the pipeline as its default, like steps and guidance."""
+    guidance_interval: tuple[float, float] | None = None
+    """(sigma_lo, sigma_hi): guide only at these noise levels (`SamplingSettings.guidance_interval`); None: every step."""
+    image_first: bool = False
+    """Text-to-video makes frame 0 first, then the clip from it (`SamplingSettings.image_first`)."""
+    precision: str | None = None
+    """What the samples and the exported pipeline run in by default: fp32, or bf16 (autocast); None: `precision`,
+    the training precision."""
     fps: float = 8.0
     """Frame rate of the written clips."""
 
@@ -198,6 +205,18 @@ class SampleConfig:
         _check(self.guidance >= 1, f"sample.guidance must be >= 1, got {self.guidance}")
         _check(self.shift is None or self.shift > 0, f"sample.shift must be > 0 or null, got {self.shift}")
         _check(self.fps > 0, f"sample.fps must be > 0, got {self.fps}")
+        if self.guidance_interval is not None:
+            from kinema.pipelines.common import check_guidance_interval
+
+            try:  # (0, inf) is stored as None, every step
+                object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
+            except KinemaError as e:
+                raise ValueError(f"sample.{e}") from None
+        _check(isinstance(self.image_first, bool), f"sample.image_first must be true or false, got {self.image_first!r}")
+        _check(
+            self.precision is None or self.precision in PRECISIONS,
+            f"sample.precision must be one of {PRECISIONS} or null, got {self.precision!r}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -245,9 +245,8 @@ def _train(
 
     def preview(at: int) -> None:
         model_to_sample = averaged()
-        if model_to_sample is not None:
-            with autocast():
-                stage.preview(model_to_sample, frozen, config, dataset, out_dir / "samples" / f"step-{at:06d}")
+        if model_to_sample is not None:  # in sample.precision: the stage sets its own autocast
+            stage.preview(model_to_sample, frozen, config, dataset, out_dir / "samples" / f"step-{at:06d}")
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     stopped_by = None

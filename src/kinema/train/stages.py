@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ from kinema.models.checkpoint import load_model, save_model
 from kinema.train.config import TrainConfig
 from kinema.train.data import SampleRandom
 from kinema.train.observe import side_by_side, write_clip
+
+if TYPE_CHECKING:
+    from kinema.pipelines.pipeline import Pipeline, SamplingSettings
 
 Group = dict[str, Any]
 """Samples of one kind and shape: "video" (b, 3, T, H, W) or "latents", "caption", "key", "position"."""
@@ -76,9 +79,11 @@ def vae_step(
 def preview_vae(model: nn.Module, frozen: Frozen, config: TrainConfig, dataset: Any, prefix: Path) -> None:
     """Original | reconstruction of the dataset's first `sample.count` clips: prefix-k.gif."""
     device = next(model.parameters()).device
+    bf16 = (config.sample.precision or config.precision) == "bf16"
     for k in range(min(config.sample.count, len(dataset))):
         x = dataset[k]["video"][None].to(device)
-        recon = model.decode(model.encode(x)).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            recon = model.decode(model.encode(x)).float()
         write_clip(
             side_by_side([x[0].cpu(), recon[0].cpu()]),
             prefix.with_name(f"{prefix.name}-{k}.gif"),
@@ -227,76 +232,51 @@ def text_inputs(model: nn.Module, frozen: Frozen, group: Group, drop: list[bool]
     return tokens, mask
 
 
-@torch.no_grad()
-def generate(
-    model: DiffusionModel, frozen: Frozen, config: TrainConfig, prompts: list[str], seeds: list[int]
-) -> torch.Tensor:
-    """Text-to-video clips (n, 3, T, H, W) from the (EMA) model: guided sampling of latents, then VAE decode."""
-    from kinema.diffusion import channels, guided, model_to_denoiser, sample, text_to_video
-    from kinema.models.text import pad_tokens
-    from kinema.pipelines.common import sampling_sigmas
-
-    s, process, vae = config.sample, config.diffusion.process, frozen["vae"]
-    device = next(model.parameters()).device
-    text = model.text_encoder if model.text_encoder is not None else frozen["text_encoder"]
-    tokens, mask = text.encode(prompts)
-    empty, empty_mask = text.encode([""] * len(prompts))
-    length = max(tokens.shape[1], empty.shape[1])
-    tokens, mask = pad_tokens(tokens, mask, length)
-    empty, empty_mask = pad_tokens(empty, empty_mask, length)
-    shape = vae.latent_shape((1, 3, config.data.frames, config.data.size, config.data.size))[1:]
-    noise = torch.stack([process.prior(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds]).to(
-        device
-    )
-    cond = text_to_video(tuple(noise.shape), device=device)
-    denoise = guided(
-        model_to_denoiser(model.denoiser, process),
-        {"context": tokens, "context_mask": mask, "cond_channels": channels(cond)},
-        {"context": empty, "context_mask": empty_mask},
-        s.guidance,
-    )
-    latents = sample(
-        denoise,
-        noise,
-        sampling_sigmas(process, s.steps, s.shift),
-        process=process,
-        method=s.method,
-        generator=torch.Generator(device).manual_seed(s.seed),
-    )
-    return vae.decode(latents).float()
-
-
-def preview_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, dataset: Any, prefix: Path) -> None:
-    """The configured prompts, each from its fixed seed (sample.seed + i), side by side: prefix.gif."""
-    s = config.sample
-    clips = generate(model, frozen, config, list(s.prompts), [s.seed + i for i in range(len(s.prompts))])
-    write_clip(side_by_side(list(clips.cpu())), prefix.with_name(f"{prefix.name}.gif"), fps=s.fps)
-
-
-def export_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, directory: Path) -> None:
-    """The EMA denoiser, the text encoder, the frozen VAE, the process and sampling defaults, as a `Pipeline`."""
-    from kinema.pipelines.pipeline import Pipeline, SamplingSettings
+def sampling_settings(config: TrainConfig) -> SamplingSettings:
+    """The exported pipeline's generation defaults: `config.sample` at the run's clip size."""
+    from kinema.pipelines.pipeline import SamplingSettings
 
     s = config.sample
-    text = model.text_encoder if model.text_encoder is not None else frozen["text_encoder"]
-    settings = SamplingSettings(
+    return SamplingSettings(
         sampler=s.method,
         steps=s.steps,
         guidance=s.guidance,
+        guidance_interval=s.guidance_interval,
         shift=s.shift,
+        image_first=s.image_first,
         num_frames=config.data.frames,
         height=config.data.size,
         width=config.data.size,
         fps=s.fps,
+        precision=s.precision or config.precision,
     )
-    Pipeline(
+
+
+def as_pipeline(model: nn.Module, frozen: Frozen, config: TrainConfig) -> Pipeline:
+    """The (EMA) trained model as a `Pipeline` with the run's sampling defaults: what the previews sample
+    with and what is exported, so a preview shows what the exported pipeline makes."""
+    from kinema.pipelines.pipeline import Pipeline
+
+    return Pipeline(
         vae=frozen["vae"],
         denoiser=model.denoiser,
-        text_encoder=text,
+        text_encoder=model.text_encoder if model.text_encoder is not None else frozen["text_encoder"],
         process=config.diffusion.process,
-        settings=settings,
+        settings=sampling_settings(config),
         provenance={"train_config": cfg.to_dict(config)},
-    ).save(directory)
+    )
+
+
+def preview_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, dataset: Any, prefix: Path) -> None:
+    """The configured prompts, prompt i from seed sample.seed + i, side by side: prefix.gif."""
+    s = config.sample
+    videos = as_pipeline(model, frozen, config).generate(list(s.prompts), seed=s.seed)
+    write_clip(side_by_side([v.to_tensor() for v in videos]), prefix.with_name(f"{prefix.name}.gif"), fps=s.fps)
+
+
+def export_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, directory: Path) -> None:
+    """The EMA denoiser, the text encoder, the frozen VAE, the process and sampling defaults, as a `Pipeline`."""
+    as_pipeline(model, frozen, config).save(directory)
 
 
 # ---------------------------------------------------------------------------------------------- shared
