@@ -193,10 +193,7 @@ def write_clip(video: torch.Tensor, path: Path, *, fps: float) -> Path:
     """Write one clip x: (3, T, H, W) in [-1, 1] as a video file (format from the extension)."""
     from kinema.video import Video
 
-    frames = (
-        ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
-    )
-    return Video(frames, fps=fps).save(path)
+    return Video.from_tensor(video, fps=fps).save(path)
 
 
 def side_by_side(videos: list[torch.Tensor]) -> torch.Tensor:
