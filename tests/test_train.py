@@ -189,6 +189,8 @@ def test_config_overrides_files_and_resume_checks(tmp_path):
     with pytest.raises(KinemaError, match=r"sample.guidance_interval must be \(sigma_lo, sigma_hi\) with 0 <= lo <= hi"):
         override(base, {"sample.guidance_interval": [2.0, 1.0]})
     assert override(base, {"sample.guidance_interval": [0, float("inf")]}).sample.guidance_interval is None
+    with pytest.raises(KinemaError, match="sample.prompts must hold at least one prompt"):
+        override(base, {"sample.prompts": []})
     with pytest.raises(KinemaError, match=r"sample.precision must be one of \('fp32', 'bf16'\) or null, got 'fp16'"):
         override(base, {"sample.precision": "fp16"})
     from kinema.diffusion import VPDiffusion

@@ -201,6 +201,7 @@ class SampleConfig:
     def __post_init__(self) -> None:
         _check(self.every >= 0, f"sample.every must be >= 0, got {self.every}")
         _check(self.count >= 1, f"sample.count must be >= 1, got {self.count}")
+        _check(len(self.prompts) >= 1, "sample.prompts must hold at least one prompt (sample.every = 0 writes no samples)")
         _check(self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}")
         _check(self.guidance >= 1, f"sample.guidance must be >= 1, got {self.guidance}")
         _check(self.shift is None or self.shift > 0, f"sample.shift must be > 0 or null, got {self.shift}")
