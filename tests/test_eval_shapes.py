@@ -307,3 +307,37 @@ def test_eval_shapes_command_refuses_bad_input(tiny_pipeline, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "shapes", "--model", str(tiny_pipeline), "--shift", "0", "--out", str(tmp_path / "r.json")])
     assert e.value.code == 2 and "--shift must be a number > 0" in capsys.readouterr().err
+
+
+def test_area_by_frame_says_which_frames_stray():
+    from kinema.eval.shapes_eval import area_spread_by_frame
+
+    spread = area_spread_by_frame([[100, 100, 100, 100], [80, 100, 100, 110], [0, 0, 0, 0]])  # the empty clip is skipped
+    assert spread == pytest.approx([np.sqrt(0.2**2 / 2), 0.0, 0.0, np.sqrt(0.1**2 / 2)])
+    assert area_spread_by_frame([[0, 0, 0]]) is None
+
+    class FirstFrameDim(Renderer):  # frame 0 a third as bright: under the probe's foreground level
+        def clip(self, prompt, frames, seed):
+            out = super().clip(prompt, frames, seed)
+            out[0] = out[0] // 3
+            return out
+
+    report, _ = run(FirstFrameDim(), n=4)
+    model, real = rows(report)["model"]["area_spread_by_frame"], rows(report)["real"]["area_spread_by_frame"]
+    assert len(model) == FRAMES and model[0] > 0.3 and max(model[1:]) < 0.1 and max(real) < 0.1
+    assert "Area by frame:" in shapes_markdown(report)
+
+
+def test_a_first_frame_in_another_colour_is_counted():
+    class FirstFrameGreen(Renderer):  # frame 0 always green (red on a green prompt): every clip disagrees
+        def clip(self, prompt, frames, seed):
+            out = super().clip(prompt, frames, seed)
+            lit = out[0].max(axis=-1) > 0
+            out[0][lit] = (40, 180, 60) if "green" not in prompt else (220, 40, 40)
+            return out
+
+    report, _ = run(FirstFrameGreen(), n=4)
+    model, real = rows(report)["model"]["first_frame_colour_differs"], rows(report)["real"]["first_frame_colour_differs"]
+    assert (model["k"], model["n"]) == (4, 4) and (real["k"], real["n"]) == (0, 4)
+    assert "Frame 0 in another colour than the rest of its clip: model 100.0%" in shapes_markdown(report)
+    assert rows(run(Renderer(), task="extend", n=2)[0])["model"]["first_frame_colour_differs"] is None

@@ -404,7 +404,39 @@ def summarize_shapes(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "accuracy": accuracy,
         "present_all_frames": proportion(sum(s["measured"]["present_all_frames"] for s in scores), n),
         "area_cv": float(np.mean(cvs)) if cvs else None,
+        "area_spread_by_frame": area_spread_by_frame([s["measured"]["area"] for s in scores]),
     }
+
+
+def area_spread_by_frame(areas: Sequence[Sequence[int]]) -> list[float] | None:
+    """How far each frame's object area strays from its clip's median area, by frame index.
+
+    areas: the probe's foreground area per frame, one sequence per clip (clips of one length; those with no
+    object are skipped). Returns, per frame t, the root mean square over clips of area[t] / median - 1:
+    where in a clip the area CV comes from (e.g. the first and last frames), which the CV alone hides.
+    """
+    kept = np.array([a for a in areas if np.median(a) > 0], dtype=np.float64)  # (N, T)
+    if kept.size == 0:
+        return None
+    relative = kept / np.median(kept, axis=1, keepdims=True) - 1.0
+    return np.sqrt((relative**2).mean(axis=0)).tolist()
+
+
+def first_frame_colour_differs(clips: Sequence[np.ndarray]) -> dict[str, Any] | None:
+    """The share of clips whose frame 0 the probe reads as another colour than the rest of the clip.
+
+    A clip's first frame is its own latent frame in a causal VAE, so it can disagree with the frames
+    after it; clips where either part shows no object are not counted. clips: uint8 (T, S, S, 3); None
+    when a clip has one frame.
+    """
+    from kinema.eval.metrics import proportion
+    from kinema.eval.shapes_probe import probe
+
+    if any(len(clip) < 2 for clip in clips):
+        return None
+    pairs = [(probe(clip[:1])["colour"], probe(clip[1:])["colour"]) for clip in clips]
+    seen = [(a, b) for a, b in pairs if a is not None and b is not None]
+    return proportion(sum(a != b for a, b in seen), len(seen))
 
 
 def _temporal(clips: torch.Tensor) -> float:
@@ -478,7 +510,8 @@ def evaluate_shapes(
         by_size = {z: summarize_shapes([s for s, zz in zip(scores, sizes) if zz == z])["accuracy"]["joint"] for z in SIZES}
         summary = {
             "name": name, "label": label, **summarize_shapes(scores), "joint_by_size": by_size, "flicker": _temporal(batch),
-            "fvd": fvd_from_features(against, extractor(batch)), **extra,
+            "fvd": fvd_from_features(against, extractor(batch)),
+            "first_frame_colour_differs": None if eval_task.probe_last else first_frame_colour_differs(clips), **extra,
         }  # fmt: skip
         return summary, scores
 
@@ -610,6 +643,22 @@ def shapes_markdown(report: dict[str, Any]) -> str:
             f"every {report['clip']['frames'] - 1} frames). {percent(c['room_for_motion'])} of clips leave the object "
             f"the {STILL_MAX_DISPLACEMENT:.2f} S ahead of it that the probe needs to see its motion; on those the "
             f"model's joint accuracy is {percent(c['model_joint_with_room'])}."
+        )
+    spread = [r for r in report["rows"] if r.get("area_spread_by_frame")]
+    if spread:
+        ends = lambda v: f"{v[0]:.3f} / {float(np.median(v[1:-1])):.3f} / {v[-1]:.3f}"  # noqa: E731
+        lines.append(
+            "Area by frame: how far a frame's object area strays from its clip's median (RMS over clips), "
+            "first frame / median of the middle frames / last frame: "
+            + "; ".join(f"{r['label']} {ends(r['area_spread_by_frame'])}" for r in spread)
+            + "."
+        )
+    differs = [r for r in report["rows"] if (r.get("first_frame_colour_differs") or {}).get("n")]
+    if differs:
+        lines.append(
+            "Frame 0 in another colour than the rest of its clip: "
+            + "; ".join(f"{r['label']} {percent(r['first_frame_colour_differs'])}" for r in differs)
+            + "."
         )
     real = next(r for r in report["rows"] if r["name"] == "real")
     if real["accuracy"]["joint"]["rate"] != 1.0:
