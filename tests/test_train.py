@@ -280,6 +280,45 @@ def test_diffusion_debug_presets_train_and_export(preset, vae_dir, tmp_path):
     load_model(result.pipeline, "text_encoder"), load_model(result.pipeline, "vae")
 
 
+def test_init_from_fine_tunes_a_saved_pipeline(vae_dir, tmp_path):
+    """diffusion.init_from starts a new run from a pipeline's denoiser and text encoder; a resume ignores it."""
+    from kinema.models.checkpoint import load_model
+
+    source = train(dit_debug(vae_dir, steps=2, seed=1), tmp_path / "source").pipeline
+    still = {"optim.lr": 1e-9, "optim.weight_decay": 0.0, "optim.warmup_steps": 0, "steps": 2}
+    # vae_path may name the source pipeline itself; the latent cache keys on its VAE
+    mine = {"diffusion.init_from": str(source), "diffusion.vae_path": str(source), "data.cache": True}
+    tuned = train(dit_debug(vae_dir, **mine, **still), tmp_path / "tuned").pipeline
+    fresh = train(dit_debug(vae_dir, **still), tmp_path / "fresh").pipeline
+    for name in ("denoiser", "text_encoder"):
+        want = load_model(source, name).state_dict()
+        assert_same(load_model(tuned, name).state_dict(), want, atol=1e-6)  # 2 steps of lr 1e-9 move nothing
+        other = load_model(fresh, name).state_dict()
+        assert max(float((other[k] - want[k]).abs().max()) for k in want) > 1e-2  # a run's own init is another
+    provenance = json.loads((tuned / "pipeline.json").read_text())["provenance"]["train_config"]
+    assert provenance["diffusion"]["init_from"] == str(source)  # the lineage travels with the pipeline
+    # a resume continues from its checkpoint: it never reads init_from again
+    gone = {**mine, "diffusion.init_from": str(tmp_path / "gone"), **still, "steps": 4}
+    assert train(dit_debug(vae_dir, **gone), tmp_path / "tuned", resume=True).step == 4
+
+
+def test_init_from_names_what_does_not_fit(vae_dir, tmp_path):
+    from kinema.pipelines import Pipeline
+    from kinema.train.stages import load_frozen_vae, vae_folder
+
+    source = train(dit_debug(vae_dir, steps=2), tmp_path / "source").pipeline
+    dim = json.loads((source / "pipeline.json").read_text())["components"]["denoiser"]["config"]["dim"]
+    with pytest.raises(KinemaError, match=rf"its denoiser has other shapes than this config's; use --set dit.dim={dim}"):
+        train(dit_debug(vae_dir, **{"diffusion.init_from": str(source), "dit.dim": 2 * dim}), tmp_path / "wide")
+    with pytest.raises(KinemaError, match="is another VAE; use --set diffusion.vae_path=shapes"):
+        train(dit_debug(vae_dir, **{"diffusion.init_from": "shapes"}), tmp_path / "other-vae")
+    with pytest.raises(KinemaError, match="holds neither vae.json nor a pipeline"):
+        train(dit_debug(tmp_path), tmp_path / "no-vae")
+    shipped = Pipeline.load("shapes").vae.state_dict()  # vae_path may name a shipped pipeline: its VAE
+    assert_same(load_frozen_vae("shapes").state_dict(), {k: v.float() for k, v in shipped.items()})
+    assert (vae_folder("shapes") / "vae.safetensors").is_file()
+
+
 # ---------------------------------------------------------------------------------------------- exact resume
 
 

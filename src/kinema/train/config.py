@@ -36,8 +36,11 @@ OPTIMIZER_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 IMAGE_MODES = ("mixed", "separate")
 IMAGE_FRAMES = ("any", "first")
 
-SAFE_ON_RESUME = ("steps", "log", "sample", "checkpoint.every", "checkpoint.keep", "data.num_workers")
-"""Dotted names (and their sub-fields) that may change when a run resumes: they do not change what is learned."""
+SAFE_ON_RESUME = (
+    "steps", "log", "sample", "checkpoint.every", "checkpoint.keep", "data.num_workers", "diffusion.init_from"
+)  # fmt: skip
+"""Dotted names (and their sub-fields) that may change when a run resumes: they do not change what is learned
+(init_from only starts a new run)."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -225,7 +228,8 @@ class DiffusionConfig:
     """The diffusion stage: frozen VAE, noise process, text encoder and conditioning."""
 
     vae_path: str
-    """Folder holding the frozen VAE as vae.json + vae.safetensors (e.g. a VAE run's DIR/pipeline)."""
+    """The frozen VAE: a folder holding vae.json + vae.safetensors (e.g. a VAE run's DIR/pipeline), or a
+    whole pipeline (a shipped name such as "shapes", or a pipeline directory) whose VAE is used."""
     flow: FlowMatching | None = None
     """Rectified-flow process; set exactly one of `flow` and `vp`."""
     vp: VPDiffusion | None = None
@@ -240,6 +244,10 @@ class DiffusionConfig:
     """Train the built-in text encoder jointly with the denoiser; False freezes it."""
     text_dropout: float = 0.1
     """Probability that a sample's caption is replaced by "" (teaches the unconditional model for guidance)."""
+    init_from: str | None = None
+    """Fine-tune: a pipeline (a shipped name such as "shapes", or a pipeline directory) whose denoiser and
+    built-in text encoder weights start a new run (a resume continues from its checkpoint instead). Its VAE
+    must be `vae_path`'s, which may name the same pipeline; the shapes must match this config's."""
 
     def __post_init__(self) -> None:
         _check(
@@ -263,6 +271,10 @@ class DiffusionConfig:
             "diffusion.train_text_encoder must be false with an hf: encoder (it is frozen)",
         )
         _check(0 <= self.text_dropout < 1, f"diffusion.text_dropout must be in [0, 1), got {self.text_dropout}")
+        _check(
+            self.init_from is None or bool(self.init_from),
+            "diffusion.init_from must name a pipeline (a shipped name or a directory), or be left unset",
+        )
 
     @property
     def process(self) -> FlowMatching | VPDiffusion:

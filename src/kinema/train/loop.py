@@ -46,7 +46,7 @@ from kinema.train.distributed import World
 from kinema.train.ema import EMA
 from kinema.train.observe import Meter, Observer, peak_memory_mb
 from kinema.train.schedule import lr_at, set_lr
-from kinema.train.stages import STAGES, write_pipeline
+from kinema.train.stages import STAGES, vae_folder, write_pipeline
 
 
 class Result(NamedTuple):
@@ -123,7 +123,7 @@ def _train(
         if changed:
             raise KinemaError(
                 f"cannot resume from {start}: the config changed in {', '.join(changed)}. Only steps, log.*, "
-                "sample.*, checkpoint.every, checkpoint.keep and data.num_workers may change on resume; "
+                "sample.*, checkpoint.every, checkpoint.keep, data.num_workers and diffusion.init_from may change on resume; "
                 "restore the others, use a new --out, or change them on purpose with --allow-change NAME"
             )
     micro_size, rest = divmod(d.batch_size, world.size * o.grad_accum)
@@ -149,6 +149,8 @@ def _train(
     # ---- models, EMA, optimizer ------------------------------------------------------------------------
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model, frozen = stage.build(config)
+    if state is None:
+        stage.init(model, frozen, config)  # fine-tuning starts from saved weights; a resume has its own
     model.to(device)
     for module in frozen.values():
         module.to(device)
@@ -485,7 +487,7 @@ def cache_meta(config: TrainConfig) -> dict[str, Any]:
 
     d = config.diffusion
     return {
-        "vae": weights_hash(Path(d.vae_path) / "vae.safetensors"),
+        "vae": weights_hash(vae_folder(d.vae_path) / "vae.safetensors"),
         # what a sample's latents are, not which samples a step draws (an image is keyed by its frame)
         "data": {k: v for k, v in cfg.to_dict(config.data).items() if k not in DRAWING_ONLY},
         "text": None if d.train_text_encoder else [d.text_encoder, cfg.to_dict(d.text) if d.text else None],

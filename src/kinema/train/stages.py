@@ -14,6 +14,8 @@ clips written to disk) and `export` (the pipeline directory).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -49,6 +51,8 @@ class Stage(NamedTuple):
     """Write sample clips of the (EMA) trained module next to a path prefix (given the dataset)."""
     export: Callable[[nn.Module, Frozen, TrainConfig, Path], None]
     """Write the pipeline directory's models and pipeline.json from the (EMA) trained module."""
+    init: Callable[[nn.Module, Frozen, TrainConfig], None] = lambda model, frozen, config: None
+    """Start a new run's weights from saved ones (fine-tuning); not called on resume."""
 
 
 # ---------------------------------------------------------------------------------------------- vae
@@ -134,14 +138,29 @@ class DiffusionModel(nn.Module):
         return self.denoiser(x, timestep, context, context_mask)
 
 
-def load_frozen_vae(path: str) -> nn.Module:
+def vae_folder(path: str) -> Path:
+    """diffusion.vae_path -> the folder that holds vae.safetensors: a VAE run's folder or a pipeline's."""
+    from kinema.pipelines.storage import MANIFEST, resolve, shipped_pipelines
+
     directory = Path(path)
-    if not (directory / "vae.json").is_file():
-        raise KinemaError(
-            f"diffusion.vae_path: no vae.json in {directory}; point it at a trained VAE, e.g. the DIR/pipeline "
-            "of a `kinema train shapes-vae` run"
-        )
-    return load_model(directory, "vae").eval().requires_grad_(False)
+    if (directory / "vae.json").is_file() or (directory / MANIFEST).is_file():
+        return directory
+    if path in shipped_pipelines():
+        return resolve(path)
+    raise KinemaError(
+        f"diffusion.vae_path: {directory} holds neither vae.json nor a pipeline; point it at a trained VAE, e.g. the "
+        "DIR/pipeline of a `kinema train shapes-vae` run, or at a pipeline such as the shipped 'shapes'"
+    )
+
+
+def load_frozen_vae(path: str) -> nn.Module:
+    """diffusion.vae_path: a VAE run's folder (vae.json), or a pipeline (shipped name or directory) for its VAE."""
+    from kinema.pipelines.storage import load_pipeline
+
+    directory = vae_folder(path)
+    if (directory / "vae.json").is_file():
+        return load_model(directory, "vae").eval().requires_grad_(False)
+    return load_pipeline(directory).vae.float().eval().requires_grad_(False)
 
 
 def build_diffusion(config: TrainConfig) -> tuple[nn.Module, Frozen]:
@@ -170,6 +189,41 @@ def build_diffusion(config: TrainConfig) -> tuple[nn.Module, Frozen]:
     if d.train_text_encoder:
         return DiffusionModel(denoiser, text), {"vae": vae}
     return DiffusionModel(denoiser), {"vae": vae, "text_encoder": text.eval().requires_grad_(False)}
+
+
+@torch.no_grad()
+def init_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig) -> None:
+    """diffusion.init_from: copy a saved pipeline's denoiser and built-in text encoder weights into a new run."""
+    from kinema.pipelines.storage import component_record, load_pipeline
+
+    d = config.diffusion
+    if d.init_from is None:
+        return
+    source = load_pipeline(d.init_from)
+    if component_record(source.vae)["weights"] != component_record(frozen["vae"])["weights"]:
+        raise KinemaError(
+            f"diffusion.init_from={d.init_from!r}: its denoiser works in its own VAE's latents, and "
+            f"diffusion.vae_path={d.vae_path!r} is another VAE; use --set diffusion.vae_path={d.init_from}"
+        )
+    pairs = [("denoiser", "dit" if config.dit is not None else "unet", model.denoiser, source.denoiser)]
+    if d.text_encoder == "builtin":
+        ours = model.text_encoder if model.text_encoder is not None else frozen["text_encoder"]
+        pairs.append(("text encoder", "diffusion.text", ours, source.text_encoder))
+    for role, prefix, ours, theirs in pairs:
+        _copy_weights(f"diffusion.init_from={d.init_from!r}", role, prefix, ours, theirs)
+
+
+def _copy_weights(where: str, role: str, prefix: str, ours: nn.Module, theirs: nn.Module) -> None:
+    """Load `theirs` into `ours`, or say which config fields to set so that the two have the same shapes."""
+    if type(ours) is not type(theirs):
+        raise KinemaError(f"{where}: its {role} is a {type(theirs).__name__}; this config trains a {type(ours).__name__}")
+    mine, given = ours.state_dict(), theirs.state_dict()
+    if mine.keys() != given.keys() or any(mine[k].shape != given[k].shape for k in mine):
+        fields = dataclasses.fields(ours.config)
+        differ = {f.name: getattr(theirs.config, f.name) for f in fields if getattr(ours.config, f.name) != getattr(theirs.config, f.name)}
+        fix = " ".join(f"--set {prefix}.{k}={json.dumps(v)}" for k, v in differ.items())
+        raise KinemaError(f"{where}: its {role} has other shapes than this config's; use {fix}")
+    ours.load_state_dict(given)
 
 
 @torch.no_grad()
@@ -304,5 +358,7 @@ def write_pipeline(stage: Stage, model: nn.Module, frozen: Frozen, config: Train
 
 STAGES: dict[str, Stage] = {
     "vae": Stage(build_vae, prepare_vae, vae_step, preview_vae, export_vae),
-    "diffusion": Stage(build_diffusion, prepare_diffusion, diffusion_step, preview_diffusion, export_diffusion),
+    "diffusion": Stage(
+        build_diffusion, prepare_diffusion, diffusion_step, preview_diffusion, export_diffusion, init_diffusion
+    ),
 }
