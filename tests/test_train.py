@@ -310,6 +310,9 @@ def test_init_from_names_what_does_not_fit(vae_dir, tmp_path):
     dim = json.loads((source / "pipeline.json").read_text())["components"]["denoiser"]["config"]["dim"]
     with pytest.raises(KinemaError, match=rf"its denoiser has other shapes than this config's; use --set dit.dim={dim}"):
         train(dit_debug(vae_dir, **{"diffusion.init_from": str(source), "dit.dim": 2 * dim}), tmp_path / "wide")
+    unet = load_config("shapes-unet3d-debug", {"diffusion.vae_path": str(vae_dir), "diffusion.init_from": str(source)})
+    with pytest.raises(KinemaError, match="its denoiser is a DiT; this config trains a UNet3D"):
+        train(unet, tmp_path / "unet")
     with pytest.raises(KinemaError, match="is another VAE; use --set diffusion.vae_path=shapes"):
         train(dit_debug(vae_dir, **{"diffusion.init_from": "shapes"}), tmp_path / "other-vae")
     with pytest.raises(KinemaError, match="holds neither vae.json nor a pipeline"):
