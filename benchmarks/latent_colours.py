@@ -58,7 +58,15 @@ def main() -> None:
     for r in rows:
         v = r["rms_by_latent_frame"]
         print(f"{r['pair']:>15} " + " ".join(f"{x:>8.3f}" for x in v) + f"  {np.mean(v[1:]) / v[0]:>14.1f}x")
-    args.out.write_text(json.dumps({"model": args.model, "model_hash": pipe.model_hash, "scenes": args.scenes, "rows": rows}, indent=2) + "\n")
+    # each channel's spread per latent frame, over every clip encoded above: what normalising a latent
+    # frame on its own (per channel) could stretch it by
+    every = torch.cat(list(cache.values()))  # (N, C, t, h, w)
+    spread = every.transpose(1, 2).flatten(3).std(dim=(0, 3))  # (t, C)
+    print("channel std by latent frame (min-max over channels): "
+          + ", ".join(f"{i}: {float(v.min()):.2f}-{float(v.max()):.2f}" for i, v in enumerate(spread)))  # fmt: skip
+    result = {"model": args.model, "model_hash": pipe.model_hash, "scenes": args.scenes, "rows": rows,
+              "channel_std_by_latent_frame": spread.tolist()}  # fmt: skip
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
