@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from kinema import config as cfg
 from kinema.errors import KinemaError
@@ -278,6 +279,45 @@ def test_diffusion_debug_presets_train_and_export(preset, vae_dir, tmp_path):
     denoiser = load_model(result.pipeline, "denoiser")
     assert_same(denoiser.state_dict(), {k[len("denoiser.") :]: v for k, v in ema.items() if k.startswith("denoiser.")})
     load_model(result.pipeline, "text_encoder"), load_model(result.pipeline, "vae")
+
+
+@pytest.mark.parametrize("first", [1.0, 4.0, 0.25])
+def test_first_frame_weight_weighs_latent_frame_0_in_the_loss(first):
+    """The diffusion loss is a mean over unknown latents with latent frame 0 weighted by first_frame_weight."""
+    from types import SimpleNamespace
+
+    from kinema.diffusion.conditioning import text_only
+    from kinema.diffusion.processes import FlowMatching
+    from kinema.train.config import DiffusionConfig
+    from kinema.train.stages import diffusion_step
+
+    class OffByFrame(nn.Module):
+        """With x0 = 0, x_t = sigma * eps and the flow target is eps: return it, plus a known error per frame."""
+
+        text_encoder = None
+
+        def forward(self, x, timestep, context, context_mask):
+            sigma = (timestep / 1000).view(-1, 1, 1, 1, 1)
+            return x[:, :4] / sigma + torch.tensor([3.0, 1.0, 2.0]).view(1, 1, 3, 1, 1)
+
+    d = DiffusionConfig(
+        vae_path="unused", flow=FlowMatching(), conditioning=text_only(), text_encoder="hf:unused",
+        train_text_encoder=False, text_dropout=0.0, first_frame_weight=first,
+    )  # fmt: skip
+    group = {"latents": torch.zeros(2, 4, 3, 4, 4), "text": torch.zeros(2, 1, 8), "text_mask": torch.ones(2, 1, dtype=torch.bool)}
+    losses = diffusion_step(OffByFrame(), {}, group, SampleRandom(0, torch.tensor([0, 1])), SimpleNamespace(diffusion=d))
+    want = (first * 9 + 1 + 4) / (first + 2)  # squared errors 9, 1, 4 by frame, weights first, 1, 1
+    assert float(losses["loss"]) == pytest.approx(want, rel=1e-4)
+    # a one-frame sample (an image) has the plain mean whatever the weight
+    group["latents"] = torch.zeros(2, 4, 1, 4, 4)
+    one = OffByFrame()
+    one.forward = lambda x, t, c, m: x[:, :4] / (t / 1000).view(-1, 1, 1, 1, 1) + 2.0
+    assert float(diffusion_step(one, {}, group, SampleRandom(0, torch.tensor([0, 1])), SimpleNamespace(diffusion=d))["loss"]) == pytest.approx(4.0, rel=1e-4)
+
+
+def test_first_frame_weight_must_be_positive():
+    with pytest.raises(KinemaError, match="first_frame_weight must be > 0"):
+        load_config("shapes-dit-debug", {"diffusion.first_frame_weight": 0})
 
 
 def test_init_from_fine_tunes_a_saved_pipeline(vae_dir, tmp_path):

@@ -244,6 +244,11 @@ class DiffusionConfig:
     """Train the built-in text encoder jointly with the denoiser; False freezes it."""
     text_dropout: float = 0.1
     """Probability that a sample's caption is replaced by "" (teaches the unconditional model for guidance)."""
+    first_frame_weight: float = 1.0
+    """Loss weight of latent frame 0 against 1 for every later latent frame (the loss stays a weighted mean,
+    so one-frame samples are unchanged). A causal VAE encodes pixel frame 0 alone into latent frame 0 and
+    may keep colours closer together there than later (`benchmarks/latent_colours.py`), so a wrong colour
+    in frame 0 costs the plain loss little; a weight above 1 makes it cost more."""
     init_from: str | None = None
     """Fine-tune: a pipeline (a shipped name such as "shapes", or a pipeline directory) whose denoiser and
     built-in text encoder weights start a new run (a resume continues from its checkpoint instead). Its VAE
@@ -271,6 +276,10 @@ class DiffusionConfig:
             "diffusion.train_text_encoder must be false with an hf: encoder (it is frozen)",
         )
         _check(0 <= self.text_dropout < 1, f"diffusion.text_dropout must be in [0, 1), got {self.text_dropout}")
+        _check(
+            self.first_frame_weight > 0,
+            f"diffusion.first_frame_weight must be > 0 (1 weighs latent frame 0 like the others), got {self.first_frame_weight}",
+        )
         _check(
             self.init_from is None or bool(self.init_from),
             "diffusion.init_from must name a pipeline (a shipped name or a directory), or be left unset",

@@ -241,7 +241,8 @@ def diffusion_step(
     model: nn.Module, frozen: Frozen, group: Group, rand: SampleRandom, config: TrainConfig
 ) -> dict[str, torch.Tensor]:
     """Weighted MSE between the network's output and the process's target over the latent positions the
-    sampled conditioning leaves unknown; known positions are shown clean and carry no loss."""
+    sampled conditioning leaves unknown (latent frame 0 weighted by diffusion.first_frame_weight); known
+    positions are shown clean and carry no loss."""
     from kinema.diffusion import Conditioning, channels, paste_known, sample_conditioning
 
     d = config.diffusion
@@ -256,10 +257,17 @@ def diffusion_step(
     x_t = paste_known(process.add_noise(x0, eps, sigma), cond)
     context, context_mask = text_inputs(model, frozen, group, drop)
     out = model(torch.cat([x_t, channels(cond)], 1), process.timestep(sigma).float(), context, context_mask)
-    unknown = (1 - cond.mask).expand_as(x0)
-    err = (out.float() - process.target(x0, eps, sigma).float()) ** 2 * unknown
-    per_sample = err.flatten(1).sum(1) / unknown.flatten(1).sum(1).clamp_min(1.0)
+    weight = (1 - cond.mask).expand_as(x0) * frame_weights(x0.shape[2], d.first_frame_weight, x0.device)
+    err = (out.float() - process.target(x0, eps, sigma).float()) ** 2 * weight
+    per_sample = err.flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
     return {"loss": (process.loss_weight(sigma).float() * per_sample).mean(), "mse": per_sample.mean().detach()}
+
+
+def frame_weights(frames: int, first: float, device: torch.device) -> torch.Tensor:
+    """(1, 1, frames, 1, 1): `first` for latent frame 0, 1 for the others."""
+    weights = torch.ones(frames, device=device)
+    weights[0] = first
+    return weights.view(1, 1, frames, 1, 1)
 
 
 def text_inputs(model: nn.Module, frozen: Frozen, group: Group, drop: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
