@@ -328,6 +328,30 @@ def test_area_by_frame_says_which_frames_stray():
     assert "Area by frame:" in shapes_markdown(report)
 
 
+def test_area_cv_splits_into_drift_and_jitter():
+    from kinema.eval.shapes_eval import area_cv_parts
+
+    ramp, flicker = [90, 95, 100, 105, 110], [100, 110, 100, 110, 100]
+    parts = area_cv_parts([ramp, [0] * 5])  # the empty clip is skipped
+    assert parts["jitter"] == pytest.approx(0.0, abs=1e-12)
+    assert parts["drift"] == pytest.approx(np.std(ramp) / np.mean(ramp))
+    parts = area_cv_parts([flicker])
+    assert parts["drift"] < 0.01 < parts["jitter"]
+    assert parts["drift"] ** 2 + parts["jitter"] ** 2 == pytest.approx((np.std(flicker) / np.mean(flicker)) ** 2)
+    assert area_cv_parts([[0, 0]]) is None and area_cv_parts([[5], [6]]) is None
+
+    class Growing(Renderer):  # the object's frames brighten from black: its area grows along the clip
+        def clip(self, prompt, frames, seed):
+            out = super().clip(prompt, frames, seed)
+            out[: len(out) // 2] = out[: len(out) // 2] // 3
+            return out
+
+    report, _ = run(Growing(), n=2)
+    model, real = rows(report)["model"]["area_cv_parts"], rows(report)["real"]["area_cv_parts"]
+    assert model["drift"] > 0.2 > real["drift"]
+    assert "Area CV as drift" in shapes_markdown(report)
+
+
 def test_a_first_frame_in_another_colour_is_counted():
     class FirstFrameGreen(Renderer):  # frame 0 always green (red on a green prompt): every clip disagrees
         def clip(self, prompt, frames, seed):

@@ -405,6 +405,7 @@ def summarize_shapes(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "present_all_frames": proportion(sum(s["measured"]["present_all_frames"] for s in scores), n),
         "area_cv": float(np.mean(cvs)) if cvs else None,
         "area_spread_by_frame": area_spread_by_frame([s["measured"]["area"] for s in scores]),
+        "area_cv_parts": area_cv_parts([s["measured"]["area"] for s in scores]),
     }
 
 
@@ -420,6 +421,26 @@ def area_spread_by_frame(areas: Sequence[Sequence[int]]) -> list[float] | None:
         return None
     relative = kept / np.median(kept, axis=1, keepdims=True) - 1.0
     return np.sqrt((relative**2).mean(axis=0)).tolist()
+
+
+def area_cv_parts(areas: Sequence[Sequence[int]]) -> dict[str, float] | None:
+    """The area CV split into drift (a straight-line trend over the clip) and jitter (about that trend).
+
+    Per clip, area[t] is fitted by a + b t (least squares); drift is the std of the fit and jitter the std
+    of the residual, each over the clip's mean area, so drift^2 + jitter^2 = CV^2 clip by clip. Returns
+    their means over clips (those with no object are skipped): a size that slowly grows or shrinks is a
+    different failure from a frame-to-frame flicker. None for no clips or one-frame clips.
+    """
+    kept = np.array([a for a in areas if np.mean(a) > 0], dtype=np.float64)  # (N, T)
+    if kept.size == 0 or kept.shape[1] < 2:
+        return None
+    t = np.arange(kept.shape[1], dtype=np.float64)
+    design = np.stack([np.ones_like(t), t], axis=1)  # (T, 2)
+    fitted = design @ np.linalg.lstsq(design, kept.T, rcond=None)[0]  # (T, N)
+    mean = kept.mean(axis=1)
+    drift = fitted.T.std(axis=1) / mean
+    jitter = (kept - fitted.T).std(axis=1) / mean
+    return {"drift": float(drift.mean()), "jitter": float(jitter.mean())}
 
 
 def first_frame_colour_differs(clips: Sequence[np.ndarray]) -> dict[str, Any] | None:
@@ -651,6 +672,14 @@ def shapes_markdown(report: dict[str, Any]) -> str:
             "Area by frame: how far a frame's object area strays from its clip's median (RMS over clips), "
             "first frame / median of the middle frames / last frame: "
             + "; ".join(f"{r['label']} {ends(r['area_spread_by_frame'])}" for r in spread)
+            + "."
+        )
+    parts = [r for r in report["rows"] if r.get("area_cv_parts")]
+    if parts:
+        lines.append(
+            "Area CV as drift (a straight-line trend of the area over the clip) / jitter (about that trend), "
+            "means over clips: "
+            + "; ".join(f"{r['label']} {r['area_cv_parts']['drift']:.3f} / {r['area_cv_parts']['jitter']:.3f}" for r in parts)
             + "."
         )
     differs = [r for r in report["rows"] if (r.get("first_frame_colour_differs") or {}).get("n")]
