@@ -28,6 +28,16 @@ def test_preview_writes_a_playable_gif_with_captions(tmp_path, capsys):
     assert captions[0] in capsys.readouterr().out
 
 
+def test_preview_to_a_path_ending_in_slash_writes_png_frames(tmp_path):
+    # `--out DIR/` means a folder of PNG frames, as everywhere else kinema writes video
+    out = tmp_path / "frames"
+    run("data", "preview", "shapes", "--n", "4", "--frames", "5", "--out", str(out) + "/")
+    assert sorted(p.name for p in out.iterdir()) == [f"{k:05d}.png" for k in range(5)]
+    video = read_video(out)
+    assert video.frames.shape == (5, 2 * 64 + 2, 2 * 64 + 2, 3)
+    assert len(json.loads(video.metadata["captions"])) == 4
+
+
 def test_export_round_trips_through_folder_dataset(tmp_path):
     run("data", "export", "shapes", "--n", "3", "--out", str(tmp_path), "--format", "png", "--frames", "5")
     rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]

@@ -12,14 +12,14 @@ from kinema.data.shapes import make_object, render_clip
 from kinema.errors import KinemaError
 from kinema.eval.report import write_report
 from kinema.eval.shapes_eval import TASKS, WithinFrame, evaluate_shapes, shapes_markdown
-from kinema.eval.shapes_probe import parse_caption
+from kinema.eval.shapes_probe import parse_caption, parse_captions
 from kinema.video import Video, read_video
 
 FRAMES = 9
 
 
 class Renderer:
-    """A stand-in pipeline: renders what each prompt asks, with some attributes replaced by `wrong`."""
+    """A stand-in pipeline: renders what each prompt asks, with some attributes of its last object replaced by `wrong`."""
 
     model_hash = "renderer"
     precision = "fp32"
@@ -29,10 +29,13 @@ class Renderer:
         self.wrong = wrong
 
     def clip(self, prompt, frames, seed):
-        asked = {**parse_caption(prompt), **self.wrong}
+        *asked, last = parse_captions(prompt)
         rng = np.random.default_rng(seed)
-        a = make_object(**asked, canvas=64, frames=frames, start=tuple(rng.random(2)), distance=float(rng.random()))
-        return render_clip(a, 64, frames)
+        objects = [
+            make_object(**a, canvas=64, frames=frames, start=tuple(rng.random(2)), distance=float(rng.random()))
+            for a in [*asked, {**last, **self.wrong}]
+        ]  # fmt: skip
+        return render_clip(objects, 64, frames)
 
     def generate(self, prompt, *, num_frames=None, height=None, width=None, image=None, seed=0, **kw):
         frames = self.clip(prompt, num_frames, seed)
@@ -145,6 +148,42 @@ def test_grid_covers_every_combination_of_the_split_at_both_sizes():
         evaluate_shapes(Renderer(), per_combination=0)
 
 
+def test_two_object_prompts_are_scored_object_by_object():
+    report, sheet = run(Renderer(), n=8, objects=2)
+    assert report["objects"] == 2 and all(len(parse_captions(c["prompt"])) == 2 for c in report["clips"])
+    for name in ("model", "real"):
+        row = rows(report)[name]
+        assert row["accuracy"]["joint"]["rate"] == 1.0 and row["per_object"]["accuracy"]["joint"]["k"] == 16
+        assert "joint_by_size" not in row and sum(p["n"] for p in row["object_by_size"].values()) == 16
+        assert row["first_frame_colour_differs"] is None and 0 <= row["stray_share"] < 0.01
+    assert all(len(c["model"]["objects"]) == 2 for c in report["clips"]) and sheet["passed"] == [True] * 8
+    text = shapes_markdown(report)
+    assert "8 random prompts of 2 objects" in text and "| object (each) |" in text and "Two objects:" in text
+    assert "Warning" not in text and "RMS over objects" in text
+
+    one, _ = run(Renderer(), n=2)  # one object: the report as before, with the count recorded
+    assert one["objects"] == 1 and "per_object" not in rows(one)["model"] and "joint_by_size" in rows(one)["model"]
+    assert "Two objects" not in shapes_markdown(one) and "| object (each) |" not in shapes_markdown(one)
+
+
+def test_a_model_that_gets_one_object_wrong_fails_on_that_object():
+    report, _ = run(Renderer(shape="triangle"), n=8, objects=2)  # the second object always a triangle
+    model = rows(report)["model"]
+    wrong = sum(parse_captions(c["prompt"])[1]["shape"] != "triangle" for c in report["clips"])
+    assert 0 < wrong < 8 and model["accuracy"]["joint"]["k"] == model["accuracy"]["shape"]["k"] == 8 - wrong
+    assert model["per_object"]["accuracy"]["joint"]["k"] == 16 - wrong
+    assert model["accuracy"]["colour"]["rate"] == model["accuracy"]["motion"]["rate"] == 1.0
+    assert all(c["model"]["objects"][0]["correct"] for c in report["clips"])
+    assert rows(report)["real"]["accuracy"]["joint"]["rate"] == 1.0
+
+
+def test_two_objects_refuse_a_grid_and_other_counts():
+    with pytest.raises(KinemaError, match="--per-combination covers the one-object combinations"):
+        evaluate_shapes(Renderer(), per_combination=1, objects=2)
+    with pytest.raises(KinemaError, match="--objects must be 1 or 2"):
+        run(Renderer(), objects=3)
+
+
 class ChannelVAE:
     """A VAE whose latents are the pixels; decoding reorders the colour channels by `order`."""
 
@@ -154,7 +193,7 @@ class ChannelVAE:
     def encode(self, x):
         return x
 
-    def decode(self, z):
+    def decode(self, z, progress=None):
         return z[:, self.order]
 
 
@@ -286,13 +325,16 @@ def test_eval_shapes_command_end_to_end(tiny_pipeline, tmp_path, capsys):
     assert report["settings"]["guidance_interval"] == [0.5, 1.0] and report["settings"]["image_first"] is True
     assert report["settings"]["steps"] == 1 and report["clip"] == {"frames": 5, "size": 64, "probed_frames": 5}
     assert report["settings"]["shift"] == 3.0 and "sampling shift 3" in (out.with_suffix(".md")).read_text()
-    assert report["settings"]["precision"] == "fp32"  # the pipeline's own, as `kinema generate` uses it
+    from kinema.precision import resolve
+
+    # the pipeline's own ("auto"), resolved on this CPU, as `kinema generate` uses it
+    assert report["settings"]["precision"] == resolve("auto", "cpu")
     for key in ("json", "markdown", "contact_sheet"):
         assert (tmp_path / report["files"][key]).is_file()
     saved = read_video(videos / "model" / "0000.mp4")
     assert saved.metadata["prompt"] == report["clips"][0]["prompt"] and saved.num_frames == 5
     assert (videos / "within_frame" / "0001.mp4").is_file()
-    assert "guidance 2.0 at sigma in [0.5, 1], sampling shift 3, frame 0 first (image_first), fp32" in capsys.readouterr().out
+    assert "guidance 2.0 at sigma in [0.5, 1], sampling shift 3, frame 0 first (image_first), " + resolve("auto", "cpu") in capsys.readouterr().out
 
 
 def test_eval_shapes_command_refuses_bad_input(tiny_pipeline, tmp_path, capsys):
@@ -307,6 +349,25 @@ def test_eval_shapes_command_refuses_bad_input(tiny_pipeline, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "shapes", "--model", str(tiny_pipeline), "--shift", "0", "--out", str(tmp_path / "r.json")])
     assert e.value.code == 2 and "--shift must be a number > 0" in capsys.readouterr().err
+
+
+def test_eval_shapes_command_two_objects(tiny_pipeline, tmp_path, capsys):
+    from kinema.cli import main
+
+    out = tmp_path / "two.json"
+    main(["eval", "shapes", "--model", str(tiny_pipeline), "--n", "2", "--split", "train", "--objects", "2", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["objects"] == 2 and [r["name"] for r in report["rows"]] == ["model", "within_frame", "vae", "real"]
+    assert all(" and " in c["prompt"] and len(c["real"]["objects"]) == 2 for c in report["clips"])
+    for row in report["rows"]:
+        assert row["per_object"]["accuracy"]["joint"]["n"] == 4 and row["accuracy"]["joint"]["n"] == 2
+    assert "of 2 objects" in capsys.readouterr().out and (tmp_path / "two.png").is_file()
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "shapes", "--model", str(tiny_pipeline), "--objects", "2", "--per-combination", "1", "--out", str(out)])
+    assert e.value.code == 2 and "with --objects 2 give --n prompts instead" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "shapes", "--model", str(tiny_pipeline), "--objects", "3", "--out", str(out)])
+    assert e.value.code == 2
 
 
 def test_area_by_frame_says_which_frames_stray():

@@ -155,7 +155,7 @@ def test_extension_and_masked_edit(model, files, tmp_path):
         (["--model", "shapez"], "no pipeline named 'shapez'; shipped pipelines: shapes; or pass a pipeline directory"),
         (["--model", "{tmp}/nowhere/"], "no such pipeline directory"),
         (["--device", "cuda"], "CUDA is not available"),
-        (["--precision", "fp16"], "precision must be one of fp32, bf16"),
+        (["--precision", "fp16"], "--precision must be one of auto, fp32, bf16"),
     ],
 )
 def test_bad_arguments_exit_2_with_their_message(model, files, tmp_path, capsys, argv, message):
@@ -207,4 +207,4 @@ def test_a_real_process(model, tmp_path):
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "a.mp4").is_file() and (tmp_path / "a.mp4.json").is_file()
-    assert "generate: 100%" in ok.stderr  # the progress bar, on stderr
+    assert "generate: sampling: 100%" in ok.stderr and "generate: decoding: 100%" in ok.stderr  # bars, on stderr

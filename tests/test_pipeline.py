@@ -291,15 +291,34 @@ def test_a_unet_denoiser_pipeline_generates_and_round_trips(pipe, tmp_path):
     assert np.array_equal(loaded.generate(PROMPT, seed=0, num_inference_steps=1).frames, video.frames)
 
 
-def test_bf16_precision_runs(pipe):
-    video = pipe.to(precision="bf16").generate(PROMPT, seed=0, num_inference_steps=1)
-    pipe.to(precision="fp32")
-    assert video.frames.shape == (9, 16, 16, 3)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_seed_same_precision_same_frames(pipe, precision):
+    try:
+        pipe.to(precision=precision)
+        a, b = (pipe.generate(PROMPT, seed=3, num_inference_steps=1) for _ in range(2))
+    finally:
+        pipe.to(precision="fp32")
+    assert a.frames.shape == (9, 16, 16, 3) and np.array_equal(a.frames, b.frames)
+    assert a.metadata["precision"] == precision  # what the models ran in, recorded
 
 
-def test_progress_bar_counts_every_step(pipe, capsys):
+def test_auto_precision_is_what_this_device_pays_for(pipe):
+    from kinema.precision import resolve
+
+    auto = Pipeline(vae=pipe.vae, denoiser=pipe.denoiser, text_encoder=pipe.text_encoder, process=pipe.process)
+    assert auto.settings.precision == "auto" and auto.precision == resolve("auto", "cpu") in ("fp32", "bf16")
+    assert auto.generate(PROMPT, seed=0, num_inference_steps=1).metadata["precision"] == auto.precision
+    assert auto.to(precision="fp32").precision == "fp32"
+    with pytest.raises(KinemaError, match="precision must be one of auto, fp32, bf16"):
+        auto.to(precision="fp16")
+
+
+def test_progress_bars_count_every_step_and_every_decoded_chunk(pipe, capsys):
     pipe.generate(PROMPT, seed=0, num_videos=2, num_inference_steps=3, progress=True)
-    assert "6/6" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    chunks = 2 * pipe.vae.num_chunks(3)  # 9 frames: 3 latent frames a clip
+    assert "generate: sampling: 100%" in err and "6/6" in err
+    assert "generate: decoding: 100%" in err and f"{chunks}/{chunks}" in err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from kinema.data.shapes import COLOURS, MOTIONS, SHAPES, SIZES, caption_for, make_object, render_clip
+from kinema.data.shapes import COLOURS, MOTIONS, SHAPES, SIZES, ShapesDataset, caption_for, make_object, render_clip
 from kinema.errors import KinemaError
-from kinema.eval.shapes_probe import parse_caption, parse_captions, probe, score
+from kinema.eval.shapes_probe import (
+    measure, nearest_palette, parse_caption, parse_captions, probe, score, score_objects,
+)  # fmt: skip
 
 FRAMES = 17
 
@@ -118,3 +120,137 @@ def test_probe_refuses_the_wrong_input():
         probe(np.zeros((3, 64, 64, 3), np.float32))
     with pytest.raises(KinemaError, match=r"\(T, S, S, 3\)"):
         probe(np.zeros((3, 3, 64, 64), np.uint8))
+
+
+# ----------------------------------------------------------------------------- clips of two objects
+
+
+def two(first, second, canvas=64, frames=FRAMES):
+    """Two objects (make_object keywords each) and their clip, the second drawn over the first."""
+    objects = [make_object(canvas=canvas, frames=frames, **first), make_object(canvas=canvas, frames=frames, **second)]
+    return objects, render_clip(objects, canvas, frames)
+
+
+RED_CIRCLE = dict(colour="red", shape="circle", size="large", motion="right", start=(0.0, 0.1), distance=0.5)
+BLUE_SQUARE = dict(colour="blue", shape="square", size="small", motion="still", start=(0.5, 0.9), distance=0.0)
+
+
+def boxes_overlap_in_every_frame(objects, frames=FRAMES):
+    """Whether the two objects' boxes overlap in every frame, from their attributes."""
+    t = np.linspace(0.0, 1.0, frames)
+    lo = [np.stack([np.add(o["start"][k], o["displacement"][k] * t) for k in (0, 1)]) for o in objects]  # (2, T) each
+    hi = [corner + o["side"] for corner, o in zip(lo, objects)]
+    return bool((np.minimum(hi[0], hi[1]) > np.maximum(lo[0], lo[1])).all())
+
+
+def test_anti_aliased_edges_keep_their_colour():
+    # Edges are the colour blended with black; the nearest palette colour of a dim blue is green, its ray is blue's.
+    for colour in COLOURS:
+        _, frames = clip(colour=colour, shape="circle", size="small", motion="down", start=(0.3, 0.2))
+        lit = frames.max(axis=-1) >= 80
+        assert (nearest_palette(frames)[lit] == COLOURS.index(colour)).all(), colour
+
+
+def test_real_two_object_clips_read_but_where_one_object_hides_part_of_the_other():
+    """64 train clips of two objects, as `kinema eval shapes --objects 2 --split train` draws them (seed 7).
+
+    Measured: 62 of 64 read right (95.8% of 3,000 clips of every split; colour 99.5%, motion 99.1%, and every
+    miss an object drawn first, under the other). Each miss here is the shape of the object drawn first, whose
+    box overlaps the other's in every frame (two objects moving together), so part of it is hidden throughout
+    and no frame shows its whole outline.
+    """
+    data = ShapesDataset(size=64, frames=FRAMES, split="train", objects=2, length=64, seed=7)
+    missed = []
+    for i in range(len(data)):
+        objects = data.attributes(i)
+        result = score_objects(render_clip(objects, 64, FRAMES), caption_for(objects))
+        assert result["colour"] and result["motion"], caption_for(objects)
+        assert result["expected"] == [parse_caption(caption_for(o)) for o in objects]
+        if not result["correct"]:
+            missed.append(i)
+            first, second = result["objects"]
+            assert second["correct"] and not first["shape"] and first["colour"] and first["motion"]
+            assert objects[0]["motion"] == objects[1]["motion"] and boxes_overlap_in_every_frame(objects)
+    assert missed == [7, 17]
+
+
+@pytest.mark.parametrize(("attribute", "value"), [("shape", "triangle"), ("motion", "up")])  # colour: a third one, below
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_wrong_object_fails_on_exactly_that_attribute(attribute, value, which):
+    asked = [dict(RED_CIRCLE), dict(BLUE_SQUARE)]
+    shown = [dict(o) for o in asked]
+    shown[which][attribute] = value
+    objects, frames = two(*shown)
+    result = score_objects(frames, caption_for([make_object(canvas=64, frames=FRAMES, **o) for o in asked]))
+    wrong, right = result["objects"][which], result["objects"][1 - which]
+    assert right["correct"] and right["size"]
+    assert wrong[attribute] is False and wrong["measured"][attribute] == value
+    assert all(wrong[k] for k in {"colour", "shape", "motion"} - {attribute})
+    assert result[attribute] is False and result["correct"] is False
+    assert all(result[k] for k in {"colour", "shape", "motion"} - {attribute})
+
+
+def test_a_third_colour_counts_against_both_objects():
+    # Asked for a blue square, the clip shows a green one: blue is absent and the green pixels join the red circle.
+    _, frames = two(RED_CIRCLE, dict(BLUE_SQUARE, colour="green"))
+    result = score_objects(frames, "a large red circle moving right and a small blue square staying still")
+    red, blue = result["objects"]
+    assert blue["measured"]["colour"] is None and blue["measured"]["own_area"] == [0] * FRAMES and not blue["correct"]
+    assert not red["correct"] and red["measured"]["side"] > 25  # its box spans both shapes
+    assert 0.2 < result["measured"]["stray_share"] < 0.5 and not result["correct"]
+
+
+def test_edges_shifted_in_colour_belong_to_their_own_object():
+    # A decoder shifts the colour of edges: the blue square's outline reads magenta (a third colour) and,
+    # here and there, red. Both stay with the square; the red circle is read as it is.
+    _, frames = two(RED_CIRCLE, BLUE_SQUARE)
+    frames = frames.copy()
+    blue = nearest_palette(frames) == COLOURS.index("blue")
+    inner = blue.copy()
+    inner[:, 1:-1, 1:-1] = blue[:, 1:-1, 1:-1] & blue[:, :-2, 1:-1] & blue[:, 2:, 1:-1] & blue[:, 1:-1, :-2] & blue[:, 1:-1, 2:]
+    edge = blue & ~inner & (frames.max(axis=-1) >= 80)
+    frames[edge] = (210, 60, 210)  # magenta
+    frames[edge & (np.arange(64)[None, None, :] % 5 == 0)] = (220, 40, 40)  # red, every fifth column
+    result = score_objects(frames, "a large red circle moving right and a small blue square staying still")
+    assert result["correct"] and result["size"] and result["measured"]["stray_share"] > 0.05
+
+
+def test_one_blob_in_a_blend_of_the_two_colours_is_neither_object():
+    _, frames = clip(colour="magenta", shape="circle", size="large", motion="right")  # red and blue, merged
+    result = score_objects(frames, "a large red circle moving right and a large blue circle moving right")
+    assert [o["measured"]["colour"] for o in result["objects"]] == [None, None]
+    assert result["measured"]["stray_share"] == 1.0 and not result["correct"] and not result["colour"]
+
+
+def test_a_missing_object_is_absent_and_the_other_still_read():
+    _, frames = clip(**RED_CIRCLE)
+    result = score_objects(frames, "a large red circle moving right and a small blue square staying still")
+    red, blue = result["objects"]
+    assert red["correct"] and red["size"] and red["measured"]["present_all_frames"]
+    assert blue["measured"]["colour"] is None and blue["measured"]["present_all_frames"] is False
+    assert not result["correct"] and result["measured"]["present_all_frames"] is False
+    assert result["measured"]["area_cv"] is None and result["measured"]["stray_share"] == 0.0
+
+
+def test_shape_comes_from_the_frames_where_the_object_is_clear_of_the_other():
+    # A large square standing still, a large circle drawn over it for most of the clip: the square's frames
+    # taken together would read as a triangle, its frames clear of the circle as the square it is.
+    square = dict(colour="green", shape="square", size="large", motion="still", start=(0.5, 0.5), distance=0.0)
+    circle = dict(colour="white", shape="circle", size="large", motion="left", start=(1.0, 0.5), distance=0.5)
+    objects, frames = two(square, circle)
+    result = score_objects(frames, caption_for(objects))
+    green = result["objects"][0]["measured"]
+    clear = np.array(green["clear_frames"])
+    assert 0 < clear.sum() < FRAMES / 2 and not clear[FRAMES // 2]
+    assert green["shape"] == "square" and green["size"] == "large" and result["objects"][1]["correct"]
+    everywhere = measure(frames, nearest_palette(frames) == COLOURS.index("green"), frames.max(axis=-1))
+    assert everywhere["shape"] != "square"
+
+
+def test_score_objects_reads_one_object_as_score_and_refuses_two_of_a_colour():
+    a, frames = clip(colour="yellow", shape="triangle", size="small", motion="up")
+    assert score_objects(frames, caption_for(a)) == score(frames, caption_for(a))
+    with pytest.raises(KinemaError, match="distinct colours"):
+        score_objects(frames, "a red circle moving left and a red square moving right")
+    with pytest.raises(KinemaError, match="score_objects"):
+        score(frames, "a red circle moving left and a blue square moving right")

@@ -192,7 +192,7 @@ def test_config_overrides_files_and_resume_checks(tmp_path):
     assert override(base, {"sample.guidance_interval": [0, float("inf")]}).sample.guidance_interval is None
     with pytest.raises(KinemaError, match="sample.prompts must hold at least one prompt"):
         override(base, {"sample.prompts": []})
-    with pytest.raises(KinemaError, match=r"sample.precision must be one of \('fp32', 'bf16'\) or null, got 'fp16'"):
+    with pytest.raises(KinemaError, match=r"sample.precision must be one of \('auto', 'fp32', 'bf16'\) or null, got 'fp16'"):
         override(base, {"sample.precision": "fp16"})
     from kinema.diffusion import VPDiffusion
 
@@ -263,6 +263,7 @@ def test_diffusion_debug_presets_train_and_export(preset, vae_dir, tmp_path):
     assert result.step == 4 and result.pipeline == tmp_path / "pipeline"
     meta = json.loads((result.pipeline / "pipeline.json").read_text())
     assert meta["process"]["kind"] == "flow_matching" and set(meta["components"]) == {"denoiser", "text_encoder", "vae"}
+    assert meta["provenance"]["precision"] == "fp32"  # what the run trained in, resolved (the debug presets: fp32)
     pipe = Pipeline.load(result.pipeline)
     # the sampling defaults travel with the pipeline; it samples in the training precision unless told
     assert pipe.settings == sampling_settings(config)
@@ -428,13 +429,26 @@ def test_latent_cache_gives_the_same_run(vae_dir, tmp_path):
     assert_same(weights(tmp_path / "plain", 12), weights(tmp_path / "cached", 12))
 
 
+def test_auto_precision_trains_in_what_this_cpu_pays_for_and_records_it(vae_dir, tmp_path, capsys):
+    from kinema.precision import resolve
+
+    config = load_config("shapes-dit-debug", {"diffusion.vae_path": str(vae_dir), "precision": "auto", "steps": 1})
+    result = train(config, tmp_path)
+    picked = resolve("auto", "cpu")
+    assert f"precision auto: {picked} on cpu (" in capsys.readouterr().out
+    meta = json.loads((result.pipeline / "pipeline.json").read_text())
+    # the pipeline samples in "auto" wherever it goes; the run's own precision is recorded as resolved
+    assert meta["sampling"]["precision"] == "auto" and meta["provenance"]["precision"] == picked
+
+
 def test_the_cache_outlives_changes_to_which_samples_are_drawn(vae_dir):
     from kinema.train.loop import cache_meta
 
     base = dit_debug(vae_dir, **{"data.cache": True})
     drawn = override(base, {"data.image_ratio": 0.5, "data.image_frame": "first", "data.batch_size": 2})
-    assert cache_meta(drawn) == cache_meta(base)  # images are cached under their frame's key
-    assert cache_meta(override(base, {"data.frames": 9})) != cache_meta(base)
+    assert cache_meta(drawn, "fp32") == cache_meta(base, "fp32")  # images are cached under their frame's key
+    assert cache_meta(override(base, {"data.frames": 9}), "fp32") != cache_meta(base, "fp32")
+    assert cache_meta(base, "bf16") != cache_meta(base, "fp32")  # latents encoded under autocast differ
 
 
 # ---------------------------------------------------------------------------------------------- faults

@@ -21,6 +21,7 @@ from kinema.models.vae import (
     vae_wan21,
 )
 from kinema.models.vae_loss import PatchDiscriminator3d, VAELossConfig, discriminator_loss, kl_divergence, vae_loss
+from kinema.precision import autocast, resolve
 
 
 @pytest.fixture(autouse=True)
@@ -404,8 +405,9 @@ def _overfit(steps: int) -> tuple[VideoVAE, torch.Tensor]:
     opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 20))
     weights = VAELossConfig()
+    precision = resolve("auto", "cpu")  # as training picks it: bf16 only where it is fast
     for _ in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(precision, "cpu"):
             recon, mean, logvar = vae(x)  # a posterior sample, as in training
         loss = vae_loss(x, recon, mean, logvar, weights=weights)["loss"]
         opt.zero_grad(set_to_none=True)

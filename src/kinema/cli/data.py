@@ -43,7 +43,8 @@ def grid(clips: list, columns: int, gap: int = 2) -> "object":
 def preview(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
     n: int = typer.Option(16, "--n", min=1, max=256, help="How many clips to tile into the preview."),
-    out: Path = typer.Option(Path("preview.gif"), "--out", help="Output file: .gif, .mp4, .webm, or a folder for PNGs."),
+    # A str, not a Path: Path drops the trailing `/` that asks for a folder of PNG frames.
+    out: str = typer.Option("preview.gif", "--out", help="Output file: .gif, .mp4, .webm, or a folder ending in / for PNG frames."),
     split: str = typer.Option(None, "--split", help="Dataset split (shapes: train, heldout, all; digits: train, test)."),
     size: int = typer.Option(64, "--size", help="Frame size in pixels."),
     frames: int = typer.Option(17, "--frames", help="Frames per clip."),

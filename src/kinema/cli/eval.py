@@ -1,8 +1,8 @@
 """`kinema eval ...`: measure a model (shapes, digits, VAE reconstructions) and train the small eval networks.
 
-    kinema eval shapes --model PIPELINE [--n 64 | --per-combination 4] [--split heldout] [--task t2v|i2v|extend] [--out report.json]
+    kinema eval shapes --model PIPELINE [--n 64 | --per-combination 4] [--split heldout] [--task t2v|i2v|extend] [--objects 1|2] [--out report.json]
     kinema eval digits --model PIPELINE [--n 32] [--out digits.json]
-    kinema eval vae --model VAE_OR_PIPELINE --data shapes [--n 32] [--out vae.json]
+    kinema eval vae --model VAE_OR_PIPELINE_OR_NAME --data shapes [--n 32] [--out vae.json]
     kinema eval train-digit-classifier --out DIR
     kinema eval train-video-features --out DIR
 """
@@ -23,6 +23,7 @@ eval_app = typer.Typer(
 app.add_typer(eval_app, name="eval")
 
 
+PRECISION_HELP = "auto, fp32 or bf16 (autocast); default: the model's (auto: bf16 where this device computes it natively)."
 MODEL_HELP = "A pipeline directory (e.g. RUN/pipeline from `kinema train`) or the name of a shipped pipeline."
 I3D_HELP = (
     "A local TorchScript I3D (StyleGAN-V's i3d_torchscript.pt) for the standard FVD; "
@@ -32,7 +33,10 @@ I3D_HELP = (
 
 def _load_pipeline(model: str, device: str, precision: str | None):
     from kinema.pipelines import Pipeline
+    from kinema.precision import check_precision
 
+    if precision is not None:
+        check_precision(precision, "--precision")
     return Pipeline.load(model, device=device, precision=precision)
 
 
@@ -70,6 +74,7 @@ def shapes(
     split: str = typer.Option("all", "--split", help="Prompts from: train, heldout (combinations never trained on) or all."),
     per_combination: int = typer.Option(None, "--per-combination", min=1, help="Instead of --n random prompts: every combination of the split at both sizes, this many clips each."),
     task: str = typer.Option("t2v", "--task", help="t2v (text), i2v (text + the real first frame), extend (the real clip continued to 4x its length)."),
+    objects: int = typer.Option(1, "--objects", min=1, max=2, help="Objects per prompt: 1, or 2 (the split's two-object prompts, scored by the two-object probe; not with --per-combination)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the pipeline's)."),
     sampler: str = typer.Option(None, "--sampler", help="Sampler (default: the pipeline's): euler, heun, dpmpp_2m, ddim, ddpm, ..."),
     guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
@@ -81,18 +86,19 @@ def shapes(
     save_videos: Path = typer.Option(None, "--save-videos", help="Keep every clip here (DIR/model/0000.mp4, DIR/within_frame/...), prompt in its metadata."),
     i3d: Path = typer.Option(None, "--i3d", help=I3D_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, or bf16 (autocast); default: the model's."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
 ) -> None:
     """Generate clips from the prompts of a shapes split, probe them, and report accuracy beside reference rows."""
     from kinema.eval.report import write_report
-    from kinema.eval.shapes_eval import evaluate_shapes, get_task, shapes_markdown
+    from kinema.eval.shapes_eval import check_objects, evaluate_shapes, get_task, shapes_markdown
 
-    get_task(task)  # a bad name fails before the model loads
+    get_task(task)  # a bad name or combination fails before the model loads
+    check_objects(objects, per_combination)
     settings = _settings(steps, sampler, guidance, guidance_interval, seed, image_first, shift)
     pipe = _load_pipeline(model, device, precision)
     report, sheet = evaluate_shapes(
         pipe, model=model, n=n, split=split, task=task, settings=settings, i3d=i3d, save_videos=save_videos,
-        progress=_progress, per_combination=per_combination,
+        progress=_progress, per_combination=per_combination, objects=objects,
     )
     paths = write_report(report, sheet, out, shapes_markdown)
     typer.echo(shapes_markdown(report))
@@ -114,7 +120,7 @@ def digits(
     save_videos: Path = typer.Option(None, "--save-videos", help="Keep every clip here, prompt in its metadata."),
     classifier: Path = typer.Option(None, "--classifier", help="A folder from train-digit-classifier (default: the shipped one)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, or bf16 (autocast); default: the model's."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
 ) -> None:
     """Generate moving-digits clips, read each frame's digits, and report accuracy and identity consistency."""
     from kinema.eval.digits import digits_markdown, evaluate_digits
@@ -132,7 +138,7 @@ def digits(
 
 @eval_app.command()
 def vae(
-    model: str = typer.Option(..., "--model", help="A VAE directory (save_model(vae, DIR, 'vae')) or a pipeline directory."),
+    model: str = typer.Option(..., "--model", help="A VAE directory (save_model(vae, DIR, 'vae')), a pipeline directory, or the name of a shipped pipeline (its VAE)."),
     data: str = typer.Option(..., "--data", help="shapes, shapes2, shapes-mixed, digits, or a .csv/.jsonl manifest of your clips."),
     n: int = typer.Option(32, "--n", min=1, help="Clips to reconstruct."),
     size: int = typer.Option(64, "--size", help="Frame size in pixels (a multiple of the VAE's spatial factor)."),
@@ -140,7 +146,7 @@ def vae(
     split: str = typer.Option(None, "--split", help="Split of a built-in dataset (shapes: train, heldout, all; digits: train, test)."),
     out: Path = typer.Option(Path("vae_report.json"), "--out", help="The JSON report; the .md summary goes beside it."),
     i3d: Path = typer.Option(None, "--i3d", help=I3D_HELP),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (autocast on the CPU)."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32 or bf16 (autocast on the CPU; auto: bf16 where the CPU computes it natively)."),
 ) -> None:
     """Reconstruct clips through a VAE: PSNR, SSIM, flicker beside the real clips', FVD."""
     from kinema.data import get_dataset
@@ -148,13 +154,17 @@ def vae(
     from kinema.eval.metrics import evaluate_vae, vae_markdown
     from kinema.eval.report import write_report
     from kinema.models.checkpoint import load_model
+    from kinema.pipelines.storage import resolve, shipped_pipelines
+    from kinema.precision import check_precision
 
-    if precision not in ("fp32", "bf16"):
-        raise KinemaError(f"--precision must be fp32 or bf16, got {precision!r}")
-    directory = Path(model)
+    check_precision(precision, "--precision")
+    shipped = shipped_pipelines()
+    # A shipped name means that pipeline's VAE, as `--model` does for generate and eval shapes.
+    directory = resolve(model) if model in shipped else Path(model)
     if not (directory / "vae.json").is_file():
         raise KinemaError(
-            f"--model {model}: no vae.json there; give a folder written by save_model(vae, DIR, 'vae') or a pipeline directory"
+            f"--model {model}: no vae.json there; give a folder written by save_model(vae, DIR, 'vae'), "
+            f"a pipeline directory, or a shipped pipeline ({', '.join(shipped) or 'none shipped'})"
         )
     autoencoder = load_model(directory, "vae")
     kwargs = {"size": size, "frames": frames}
@@ -162,7 +172,7 @@ def vae(
         kwargs["split"] = split
     dataset = get_dataset(data, **kwargs)
     autoencoder.latent_shape((1, 3, frames, size, size))  # a size the VAE cannot take fails here, named
-    report = evaluate_vae(autoencoder, dataset, model=model, data=data, n=n, i3d=i3d, bf16=precision == "bf16")
+    report = evaluate_vae(autoencoder, dataset, model=model, data=data, n=n, i3d=i3d, precision=precision)
     paths = write_report(report, None, out, vae_markdown)
     typer.echo(vae_markdown(report))
     typer.echo(f"wrote {', '.join(paths.values())}")

@@ -53,12 +53,13 @@ def generate(
     model: str = typer.Option("shapes", "--model", help="A shipped pipeline's name, or a pipeline directory."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of the output (default: the model's, or the input clip's)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, or bf16 (autocast: faster on CPUs with AVX-512 BF16 and on GPUs); default: the model's."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16 (autocast: faster on GPUs and CPUs with AVX-512 BF16 or AMX, much slower on others); default: the model's, auto for the shipped one: bf16 where it is native."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Generate a video from a prompt, an image, two keyframes, or an earlier clip; the flags pick the task."""
     from kinema.errors import KinemaError
     from kinema.pipelines import common
+    from kinema.precision import check_precision
 
     # -- everything that needs no model: flags, numbers, files
     if last_image is not None and image is None:
@@ -93,7 +94,7 @@ def generate(
         common.check_count(frames, "--frames")
     common.check_count(num, "--num")
     if precision is not None:
-        common.check_precision(precision)
+        check_precision(precision, "--precision")
     edit_strength = common.check_strength(0.6 if strength is None else strength)
     seed = common.draw_seed() if seed is None else common.check_seed(seed)
     height, width = _size(size)
@@ -139,7 +140,7 @@ def generate(
         sidecar = write_sidecar(target, video)
         m = video.metadata
         shape = f"{video.num_frames} frames, {video.height}x{video.width}"
-        typer.echo(f"wrote {path} ({shape}, seed {m['seed']}); metadata in {sidecar}")
+        typer.echo(f"wrote {path} ({shape}, seed {m['seed']}, {m['precision']}); metadata in {sidecar}")
 
 
 # ----------------------------------------------------------------------------------------------

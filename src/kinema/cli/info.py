@@ -1,4 +1,4 @@
-"""`kinema info`: versions, device, threads, and whether bf16 is fast here."""
+"""`kinema info`: versions, device, threads, whether bf16 is fast here and what precision "auto" picks."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def bf16_speedup(tokens: int = 2048, dim: int = 512, repeats: int = 5) -> float:
 
 @app.command()
 def info() -> None:
-    """Print kinema, torch and PyAV versions, the device, threads, and whether bf16 autocast pays off here."""
+    """Print kinema, torch and PyAV versions, the device, threads, bf16's speed and what precision "auto" picks."""
     import platform
 
     import av
@@ -49,6 +49,12 @@ def info() -> None:
     else:
         typer.echo("device   cpu (no CUDA device)")
     typer.echo(f"threads  {torch.get_num_threads()} intra-op")
+    from kinema import precision
+
     speedup = bf16_speedup()
-    verdict = "use bf16 autocast" if speedup > 1.2 else "bf16 autocast does not pay off here"
-    typer.echo(f"bf16     {speedup:.1f}x the fp32 speed of a transformer MLP on cpu: {verdict}")
+    typer.echo(f"bf16     {speedup:.1f}x the fp32 speed of a transformer MLP on cpu (bf16 autocast, measured now)")
+    flags = precision.cpu_flags()
+    typer.echo(f"cpu      {flags['cpu']}: " + ", ".join(k for k in ("avx2", "avx512", "avx512_bf16", "amx") if flags[k]))
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        picked = precision.resolve("auto", device)
+        typer.echo(f"auto     {picked} on {device}: {precision.why(device)}")

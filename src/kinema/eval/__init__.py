@@ -1,7 +1,7 @@
 """Evaluation: metrics, and probes that check generated clips against their prompts.
 
 Modules:
-- `shapes_probe`: colour, shape, size and motion measured in a `shapes` clip (SHAPES.md, "The probe");
+- `shapes_probe`: colour, shape, size and motion measured in a `shapes` clip of one object or two (SHAPES.md, "The probe");
 - `digits`: the digits probe (a small shipped MNIST classifier reading each frame) and its evaluation;
 - `metrics`: PSNR, SSIM, temporal flicker, Wilson intervals, a VAE's reconstruction evaluation;
 - `fvd`: Fréchet distance with a pluggable feature network (a local I3D, or kinema's non-standard one);
@@ -16,6 +16,7 @@ from kinema.lazy import lazy_getattr
 _EXPORTS = {
     "probe": ".shapes_probe",
     "score": ".shapes_probe",
+    "score_objects": ".shapes_probe",
     "parse_caption": ".shapes_probe",
     "psnr": ".metrics",
     "ssim": ".metrics",

@@ -135,17 +135,21 @@ def evaluate_vae(
     data: str = "dataset",
     n: int = 32,
     i3d: str | None = None,
-    bf16: bool = False,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Reconstruct the first `n` clips of `dataset` (items {"video": (3, T, H, W)}) through `vae`.
 
     Reports PSNR and SSIM (per frame, averaged), flicker of the reconstructions beside
     that of the real clips, FVD between the two sets (labelled with its feature
-    network) and seconds per clip. Clips are encoded and decoded one at a time.
+    network) and seconds per clip. Clips are encoded and decoded one at a time, on the CPU, in
+    `precision` (auto, fp32 or bf16: `kinema.precision`).
     """
     import time
 
+    from kinema import precision as precisions
     from kinema.eval.fvd import feature_extractor, fvd_from_features
+
+    precision = precisions.resolve(precisions.check_precision(precision), "cpu")
 
     n = min(n, len(dataset))
     if n < 1:
@@ -155,7 +159,7 @@ def evaluate_vae(
     for i in range(n):
         x = dataset[i]["video"][None]
         start = time.perf_counter()
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), precisions.autocast(precision, "cpu"):
             recon = vae.decode(vae.encode(x)).float()
         seconds.append(time.perf_counter() - start)
         # What a saved file would hold: both sides quantised to uint8 levels.
@@ -185,7 +189,7 @@ def evaluate_vae(
         "fvd": fvd,
         "fvd_label": label,
         "seconds_per_clip": float(sum(seconds) / n),
-        "precision": "bf16" if bf16 else "fp32",
+        "precision": precision,
     }
 
 

@@ -53,6 +53,18 @@ EXTEND_FACTOR = 4
 """The extend task continues a clip of F frames to 1 + EXTEND_FACTOR * (F - 1) frames (65 for 17)."""
 SHEET_CLIPS = 16
 """Clips shown on the contact sheet."""
+REAL_TWO_OBJECTS_MIN = 0.90
+"""Real two-object clips read 95.8% (3,000 clips: where the objects overlap in every frame, the one drawn first is
+partly hidden throughout); a real row below this means the probe cannot be trusted on the clips."""
+TWO_OBJECTS_NOTE = (
+    "Two objects: each is found by its colour; pixels of a colour the prompt does not name count against the "
+    "object they are attached to, or against both when they make a blob of their own. Colour, shape, motion and "
+    "size are right when they are for both objects, joint when both objects are wholly right. Object (each), "
+    "object small / large and object in every frame: the {n} objects one by one. Third colour: the mean share of "
+    "foreground pixels in a colour the prompt does not name (objects that merge into a blend). The real row is "
+    "the probe's ceiling here, about 96%: where two objects overlap in every frame, the one drawn first is partly "
+    "hidden throughout and its shape cannot be read."
+)
 VAE_ROW_NOTE = (
     "The VAE row is the real clips encoded and decoded by the pipeline's VAE: what a perfect denoiser "
     "would give, so the most the model row can reach."
@@ -164,21 +176,19 @@ def room_ahead(obj: dict[str, Any]) -> float:
 
 
 def continuation(scenes: Sequence[Sequence[dict[str, Any]]], model_correct: Sequence[bool]) -> dict[str, Any]:
-    """What the extend task's continuations have room for, from each real clip's object at its last frame.
+    """What the extend task's continuations have room for, from each real clip's objects at its last frame.
 
-    inside_at_own_speed: the object stays in the canvas to the last extended frame at its clip's velocity
+    inside_at_own_speed: every object stays in the canvas to the last extended frame at its clip's velocity
     (the continuation the data's physics gives; only still objects do, as DISPLACEMENT_RANGE is 0.3-0.5 S a clip).
-    room_for_motion: the object has the STILL_MAX_DISPLACEMENT * S the probe needs to see its motion ahead of it,
+    room_for_motion: every object has the STILL_MAX_DISPLACEMENT * S the probe needs to see its motion ahead of it,
     so some in-canvas continuation can pass. model_joint_with_room: the model row's joint accuracy on those clips.
     """
     from kinema.eval.metrics import proportion
     from kinema.eval.shapes_probe import STILL_MAX_DISPLACEMENT
 
-    objects = [objs[0] for objs in scenes]
-    rooms = [room_ahead(o) for o in objects]
-    own = [r >= (EXTEND_FACTOR - 1) * float(np.hypot(*o["displacement"])) for r, o in zip(rooms, objects)]
-    roomy = [r >= STILL_MAX_DISPLACEMENT * o["canvas"] for r, o in zip(rooms, objects)]
-    n = len(objects)
+    own = [all(room_ahead(o) >= (EXTEND_FACTOR - 1) * float(np.hypot(*o["displacement"])) for o in objs) for objs in scenes]
+    roomy = [all(room_ahead(o) >= STILL_MAX_DISPLACEMENT * o["canvas"] for o in objs) for objs in scenes]
+    n = len(scenes)
     return {
         "inside_at_own_speed": proportion(sum(own), n),
         "room_for_motion": proportion(sum(roomy), n),
@@ -217,6 +227,14 @@ TASKS: dict[str, EvalTask] = {
         ),
     )
 }  # fmt: skip
+
+
+def check_objects(objects: int, per_combination: int | None) -> None:
+    """Refuse an object count the shapes data does not draw, or a grid of combinations (one object each) with two."""
+    if objects not in (1, 2):
+        raise KinemaError(f"--objects must be 1 or 2 (objects per prompt, as the shapes data draws them), got {objects!r}")
+    if objects == 2 and per_combination is not None:
+        raise KinemaError("--per-combination covers the one-object combinations; with --objects 2 give --n prompts instead")
 
 
 def get_task(name: str) -> EvalTask:
@@ -389,8 +407,8 @@ def through_vae(pipe: Pipeline, clips: Sequence[np.ndarray]) -> list[np.ndarray]
     return out
 
 
-def summarize_shapes(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy per attribute and joint (with 95% Wilson intervals), presence and area CV of probed clips."""
+def _accuracy(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy per attribute and joint (`correct`), with 95% Wilson intervals, of probe scores."""
     from kinema.eval.metrics import proportion
 
     n = len(scores)
@@ -398,15 +416,40 @@ def summarize_shapes(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
     accuracy["joint"] = proportion(sum(bool(s["correct"]) for s in scores), n)
     sized = [s for s in scores if s["size"] is not None]
     accuracy["size"] = proportion(sum(bool(s["size"]) for s in sized), len(sized))
-    cvs = [s["measured"]["area_cv"] for s in scores if s["measured"]["area_cv"] is not None]
-    return {
+    return accuracy
+
+
+def clip_objects(scores: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-object scores of probed clips, clip by clip (`score_objects`; a one-object score is its own object)."""
+    return [o for s in scores for o in s.get("objects", [s])]
+
+
+def summarize_shapes(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy per attribute and joint (with 95% Wilson intervals), presence and area CV of probed clips.
+
+    scores: `score_objects` results. The area statistics are over objects; for clips of several objects,
+    `per_object` adds the accuracy and presence of each object on its own, and `stray_share` the mean share
+    of foreground pixels in a colour the caption does not name.
+    """
+    from kinema.eval.metrics import proportion
+
+    n = len(scores)
+    objects = clip_objects(scores)
+    cvs = [o["measured"]["area_cv"] for o in objects if o["measured"]["area_cv"] is not None]
+    areas = [o["measured"]["area"] for o in objects]
+    summary = {
         "clips": n,
-        "accuracy": accuracy,
+        "accuracy": _accuracy(scores),
         "present_all_frames": proportion(sum(s["measured"]["present_all_frames"] for s in scores), n),
         "area_cv": float(np.mean(cvs)) if cvs else None,
-        "area_spread_by_frame": area_spread_by_frame([s["measured"]["area"] for s in scores]),
-        "area_cv_parts": area_cv_parts([s["measured"]["area"] for s in scores]),
+        "area_spread_by_frame": area_spread_by_frame(areas),
+        "area_cv_parts": area_cv_parts(areas),
     }
+    if len(objects) > n:
+        present = sum(o["measured"]["present_all_frames"] for o in objects)
+        summary["per_object"] = {"accuracy": _accuracy(objects), "present_all_frames": proportion(present, len(objects))}
+        summary["stray_share"] = float(np.mean([s["measured"]["stray_share"] for s in scores]))
+    return summary
 
 
 def area_spread_by_frame(areas: Sequence[Sequence[int]]) -> list[float] | None:
@@ -480,11 +523,15 @@ def evaluate_shapes(
     variants: Sequence[tuple[str, str, Any]] | None = None,
     per_combination: int | None = None,
     vae_row: bool = True,
+    objects: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate `pipe` (named `model` in the report) on `n` prompts of the shapes `split`.
 
     per_combination: instead of `n` random prompts, every combination of the split at both sizes,
     this many clips each (`grid_scenes`); n is then their number.
+    objects: objects per prompt, 1 or 2: with 2, the prompts are the split's two-object clips, scored by the
+    two-object probe (`score_objects`; a clip is correct when both objects are), and every row adds the
+    per-object accuracy (`per_object`), by object size (`object_by_size`, in place of `joint_by_size`).
 
     Returns (report, sheet) for `kinema.eval.report.write_report(report, sheet, out, shapes_markdown)`.
 
@@ -495,8 +542,8 @@ def evaluate_shapes(
     """
     from kinema.data.shapes import SIZES, SPLITS, ShapesDataset, caption_for, render_clip
     from kinema.eval.fvd import feature_extractor, fvd_from_features
-    from kinema.eval.metrics import psnr
-    from kinema.eval.shapes_probe import score
+    from kinema.eval.metrics import proportion, psnr
+    from kinema.eval.shapes_probe import score_objects
 
     eval_task = get_task(task)
     settings = settings or GenerationSettings()
@@ -504,6 +551,7 @@ def evaluate_shapes(
         raise KinemaError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if per_combination is not None and (not isinstance(per_combination, int) or per_combination < 1):
         raise KinemaError(f"--per-combination must be an int >= 1, got {per_combination!r}")
+    check_objects(objects, per_combination)
     if per_combination is None and (not isinstance(n, int) or n < 2):
         raise KinemaError(f"--n must be an int >= 2 (FVD needs two clips), got {n!r}")
     size, frames = pipe.settings.height, pipe.settings.num_frames
@@ -513,26 +561,29 @@ def evaluate_shapes(
         raise KinemaError(f"the shapes probe needs clips of at least 64x64 pixels (SHAPES.md); the pipeline makes {size}x{size}")
 
     if per_combination is None:
-        data = ShapesDataset(size=size, frames=frames, split=split, objects=1, length=n, seed=PROMPT_SEED)
+        data = ShapesDataset(size=size, frames=frames, split=split, objects=objects, length=n, seed=PROMPT_SEED)
         scenes = [data.attributes(i) for i in range(n)]
     else:
         scenes = grid_scenes(split, size, frames, per_combination)
         n = len(scenes)
-    sizes = [objects[0]["size"] for objects in scenes]
     prompts = [caption_for(objects) for objects in scenes]
     reals = [render_clip(objects, size, frames) for objects in scenes]
     extractor = feature_extractor(i3d)
     real_batch = as_batch(reals)
     real_features = extractor(real_batch)
 
+    object_sizes = [a["size"] for scene in scenes for a in scene]  # in the order of clip_objects
+
     def row(name: str, label: str, clips: list[np.ndarray], against: torch.Tensor, **extra: Any) -> tuple[dict[str, Any], list]:
-        scores = [score(clip, prompt) for clip, prompt in zip(clips, prompts)]
+        scores = [score_objects(clip, prompt) for clip, prompt in zip(clips, prompts)]
         batch = as_batch(clips)
-        by_size = {z: summarize_shapes([s for s, zz in zip(scores, sizes) if zz == z])["accuracy"]["joint"] for z in SIZES}
+        sized = list(zip(clip_objects(scores), object_sizes))
+        by_size = {z: proportion(sum(bool(o["correct"]) for o, zz in sized if zz == z), sum(zz == z for _, zz in sized)) for z in SIZES}
+        one_object = objects == 1 and not eval_task.probe_last  # the frame-0 check reads one object
         summary = {
-            "name": name, "label": label, **summarize_shapes(scores), "joint_by_size": by_size, "flicker": _temporal(batch),
+            "name": name, "label": label, **summarize_shapes(scores), _by_size_key(objects): by_size, "flicker": _temporal(batch),
             "fvd": fvd_from_features(against, extractor(batch)),
-            "first_frame_colour_differs": None if eval_task.probe_last else first_frame_colour_differs(clips), **extra,
+            "first_frame_colour_differs": first_frame_colour_differs(clips) if one_object else None, **extra,
         }  # fmt: skip
         return summary, scores
 
@@ -582,6 +633,7 @@ def evaluate_shapes(
         "split": split,
         "n": n,
         "per_combination": per_combination,
+        "objects": objects,
         "clip": {"frames": frames, "size": size, "probed_frames": frames},
         "settings": settings.resolved(pipe),
         "fvd": {"label": extractor.label, "standard": extractor.standard, "real_row": REAL_FVD_NOTE},
@@ -595,13 +647,18 @@ def evaluate_shapes(
     return report_data, sheet
 
 
+def _by_size_key(objects: int) -> str:
+    """The row key of accuracy by size: of clips (one object each) or of objects (two a clip)."""
+    return "joint_by_size" if objects == 1 else "object_by_size"
+
+
 def _brief(s: dict[str, Any]) -> dict[str, Any]:
-    """The per-clip record of a probe score: correctness per attribute and what was measured."""
+    """The per-clip record of a probe score: correctness per attribute and what was measured (per object)."""
+    verdict = {k: s[k] for k in ("correct", "colour", "shape", "motion", "size")}
+    if "objects" in s:
+        return {**verdict, "stray_share": s["measured"]["stray_share"], "objects": [_brief(o) for o in s["objects"]]}
     m = s["measured"]
-    return {
-        "correct": s["correct"], "colour": s["colour"], "shape": s["shape"], "motion": s["motion"], "size": s["size"],
-        "measured": {k: m[k] for k in ("colour", "shape", "size", "motion", "present_all_frames", "area_cv")},
-    }  # fmt: skip
+    return {**verdict, "measured": {k: m[k] for k in ("colour", "shape", "size", "motion", "present_all_frames", "area_cv")}}
 
 
 def _prompts_line(report: dict[str, Any]) -> str:
@@ -616,22 +673,31 @@ def shapes_markdown(report: dict[str, Any]) -> str:
     from kinema.eval.report import markdown_table, number, percent
     from kinema.eval.shapes_probe import STILL_MAX_DISPLACEMENT
 
+    objects = report.get("objects", 1)  # reports from before --objects are of one object
     acc = lambda key: lambda r: percent(r["accuracy"][key])  # noqa: E731
+    by_size = lambda z: lambda r: percent(r[_by_size_key(objects)][z])  # noqa: E731
     columns = [
         ("row", lambda r: r["label"]),
-        ("joint (colour+shape+motion)", acc("joint")),
+        ("joint (colour+shape+motion)" if objects == 1 else "joint (both objects right)", acc("joint")),
         ("colour", acc("colour")),
         ("shape", acc("shape")),
         ("motion", acc("motion")),
         ("size", acc("size")),
-        ("joint, small", lambda r: percent(r["joint_by_size"]["small"])),
-        ("joint, large", lambda r: percent(r["joint_by_size"]["large"])),
+        ("joint, small" if objects == 1 else "object, small", by_size("small")),
+        ("joint, large" if objects == 1 else "object, large", by_size("large")),
         ("present in every frame", lambda r: percent(r["present_all_frames"])),
         ("area CV", lambda r: number(r["area_cv"], 3)),
         ("flicker (levels/frame)", lambda r: number(r["flicker"])),
         (report["fvd"]["label"], lambda r: number(r["fvd"], 1)),
         ("s/clip", lambda r: number(r["seconds_per_clip"])),
     ]
+    if objects > 1:  # the objects one by one, after the clip's presence and joint columns
+        at = [header for header, _ in columns].index("present in every frame") + 1
+        columns[at:at] = [
+            ("object in every frame", lambda r: percent(r["per_object"]["present_all_frames"])),
+            ("third colour", lambda r: number(r["stray_share"], 3)),
+        ]
+        columns[2:2] = [("object (each)", lambda r: percent(r["per_object"]["accuracy"]["joint"]))]
     if report["task"]["name"] == "i2v":
         columns.append(("frame-0 PSNR (dB)", lambda r: number(r["first_frame_psnr"])))
     s = report["settings"]
@@ -639,7 +705,8 @@ def shapes_markdown(report: dict[str, Any]) -> str:
         f"# Shapes evaluation: {report['model']}",
         "",
         f"Task **{report['task']['name']}** ({report['task']['description']}), split **{report['split']}**, "
-        f"{_prompts_line(report)}, {report['clip']['frames']} frames of {report['clip']['size']}x{report['clip']['size']}. "
+        f"{_prompts_line(report)}{'' if objects == 1 else f' of {objects} objects'}, "
+        f"{report['clip']['frames']} frames of {report['clip']['size']}x{report['clip']['size']}. "
         f"{sampling_line(s, report['n'])} Model hash `{report['model_hash']}`.",
         "",
         markdown_table(report["rows"], columns),
@@ -649,6 +716,8 @@ def shapes_markdown(report: dict[str, Any]) -> str:
         "between consecutive frames, in grey levels; compare it with the real row. The real row's FVD is against "
         "the same captions drawn again (new positions and speeds): the floor of the FVD at this n.",
     ]
+    if objects > 1:
+        lines.append(TWO_OBJECTS_NOTE.format(n=objects * report["n"]))
     if any(r["name"] == "vae" for r in report["rows"]):
         lines.append(VAE_ROW_NOTE)
     if not report["fvd"]["standard"]:
@@ -665,11 +734,12 @@ def shapes_markdown(report: dict[str, Any]) -> str:
             f"the {STILL_MAX_DISPLACEMENT:.2f} S ahead of it that the probe needs to see its motion; on those the "
             f"model's joint accuracy is {percent(c['model_joint_with_room'])}."
         )
+    over = "clips" if objects == 1 else "objects"
     spread = [r for r in report["rows"] if r.get("area_spread_by_frame")]
     if spread:
         ends = lambda v: f"{v[0]:.3f} / {float(np.median(v[1:-1])):.3f} / {v[-1]:.3f}"  # noqa: E731
         lines.append(
-            "Area by frame: how far a frame's object area strays from its clip's median (RMS over clips), "
+            f"Area by frame: how far a frame's object area strays from its clip's median (RMS over {over}), "
             "first frame / median of the middle frames / last frame: "
             + "; ".join(f"{r['label']} {ends(r['area_spread_by_frame'])}" for r in spread)
             + "."
@@ -678,7 +748,7 @@ def shapes_markdown(report: dict[str, Any]) -> str:
     if parts:
         lines.append(
             "Area CV as drift (a straight-line trend of the area over the clip) / jitter (about that trend), "
-            "means over clips: "
+            f"means over {over}: "
             + "; ".join(f"{r['label']} {r['area_cv_parts']['drift']:.3f} / {r['area_cv_parts']['jitter']:.3f}" for r in parts)
             + "."
         )
@@ -690,6 +760,11 @@ def shapes_markdown(report: dict[str, Any]) -> str:
             + "."
         )
     real = next(r for r in report["rows"] if r["name"] == "real")
-    if real["accuracy"]["joint"]["rate"] != 1.0:
+    if objects == 1 and real["accuracy"]["joint"]["rate"] != 1.0:
         lines.append("**Warning:** the real clips do not all pass the probe; its numbers cannot be trusted at this size.")
+    elif objects > 1 and real["accuracy"]["joint"]["rate"] < REAL_TWO_OBJECTS_MIN:
+        lines.append(
+            f"**Warning:** fewer than {REAL_TWO_OBJECTS_MIN:.0%} of the real clips pass the two-object probe; "
+            "its numbers cannot be trusted here."
+        )
     return "\n".join(lines) + "\n"

@@ -465,10 +465,12 @@ def run_chunks(
     x: torch.Tensor,
     chunks: list[tuple[slice, slice]],
     out_frames: int,
+    progress: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Run a causal fn over x chunk by chunk along time, writing each chunk's output into one tensor.
 
     chunks: (input frames, output frames) per chunk, in order; out_frames: the output's length.
+    progress: called after each chunk.
     x: (B, C, T, H, W) -> (B, C', out_frames, H', W'), in x's dtype or wider (autocast outputs are widened).
     """
     state = CausalState()
@@ -480,6 +482,8 @@ def run_chunks(
             dtype = torch.promote_types(y.dtype, x.dtype)
             out = y.new_empty((*y.shape[:2], out_frames, *y.shape[3:]), dtype=dtype)
         out[:, :, dst] = y
+        if progress is not None:
+            progress()
     assert out is not None
     return out
 
@@ -627,11 +631,18 @@ class VideoVAE(nn.Module):
     # -- decoding
 
     def decode(
-        self, z: torch.Tensor, *, chunked: bool = True, chunk_latents: int = CHUNK_LATENTS, tile: int | None = None
+        self,
+        z: torch.Tensor,
+        *,
+        chunked: bool = True,
+        chunk_latents: int = CHUNK_LATENTS,
+        tile: int | None = None,
+        progress: Callable[[], None] | None = None,
     ) -> torch.Tensor:
         """Normalised latents z: (B, c, t, h, w) -> video (B, 3, 1 + (t - 1) * tf, h * s, w * s), clamped to [-1, 1].
 
-        chunked / chunk_latents / tile as in `encode_posterior` (tile in video pixels).
+        chunked / chunk_latents / tile as in `encode_posterior` (tile in video pixels). progress: called after
+        each chunk (of each tile): `num_chunks(t)` times untiled.
         """
         c = self.config
         if z.ndim != 5 or z.shape[1] != c.latent_channels or z.shape[2] < 1:
@@ -647,7 +658,7 @@ class VideoVAE(nn.Module):
 
         def decode_latents(latents: torch.Tensor) -> torch.Tensor:
             step = lambda f, state: self.decoder(self.post_quant_conv(f.to(dtype)), state)  # noqa: E731
-            return run_chunks(step, latents, chunks, frames)
+            return run_chunks(step, latents, chunks, frames, progress)
 
         return self._tiled(decode_latents, z, tile, encode=False).clamp_(-1.0, 1.0)
 
@@ -678,6 +689,10 @@ class VideoVAE(nn.Module):
         if x.ndim != 5:
             raise KinemaError(f"the VAE takes a video batch (B, C, T, H, W), got shape {tuple(x.shape)}")
         return self.latent_shape(x.shape)
+
+    def num_chunks(self, latent_frames: int, chunk_latents: int = CHUNK_LATENTS) -> int:
+        """Chunks a chunked encode or decode of `latent_frames` latent frames runs (what a progress bar counts)."""
+        return len(self._chunks(latent_frames, chunk_latents))
 
     def _chunks(self, latent_frames: int, chunk: int) -> list[tuple[slice, slice]]:
         """(video frames, latent frames) of each chunk of `chunk` latent frames."""

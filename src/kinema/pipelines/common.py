@@ -148,15 +148,6 @@ def check_fps(fps: Any) -> float:
     return float(fps)
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
-def check_precision(precision: Any) -> str:
-    if precision not in PRECISIONS:
-        raise KinemaError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
-
-
 def check_prompts(prompt: str | Sequence[str], what: str = "prompt") -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -386,6 +377,49 @@ def make_denoiser(
     return pasted
 
 
+class Progress:
+    """A call's progress on stderr, or nothing: one bar of sampler steps and one of VAE decoding chunks.
+
+    Each stage has its own label, count, rate and ETA: decoding a long clip can take a while, and a
+    sampling bar sitting at 100% meanwhile looks hung. `step` and `decoded` are the callbacks to pass on.
+    """
+
+    def __init__(self, description: str, *, steps: int, chunks: int, enabled: bool = True) -> None:
+        self.bars: list[Any] = []
+        if enabled:
+            from tqdm.auto import tqdm
+
+            width = len(description) + len(": decoding")
+            self.bars = [
+                tqdm(total=total, desc=f"{description}: {stage}".ljust(width), unit=unit, position=i, dynamic_ncols=True)
+                for i, (stage, total, unit) in enumerate((("sampling", steps, "step"), ("decoding", chunks, "chunk")))
+            ]
+
+    def step(self) -> None:
+        """One sampler step done."""
+        if self.bars:
+            self.bars[0].update(1)
+
+    def decoded(self) -> None:
+        """One chunk of VAE decoding done."""
+        if self.bars:
+            self.bars[1].update(1)
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+QUIET = Progress("", steps=0, chunks=0, enabled=False)
+"""No progress shown (a task called without a bar)."""
+
+
 def run_sampler(
     pipe: Pipeline,
     x: Tensor,
@@ -395,15 +429,15 @@ def run_sampler(
     rngs: Sequence[SampleRandom],
     *,
     sigmas: Tensor | None = None,
-    progress: Callable[[], None] | None = None,
+    progress: Progress = QUIET,
 ) -> Tensor:
     """Sample latents from x: (B, C, T, h, w) at sigmas[0] down to 0, one sample at a time; known latents kept.
 
     sigmas: the noise levels (the full schedule of plan.steps by default; an edit starts part way down).
-    progress: called after every step.
+    progress: counts every step.
     """
     sigmas = sampling_sigmas(pipe.process, plan.steps, plan.shift) if sigmas is None else sigmas
-    callback = None if progress is None else (lambda *_: progress())
+    callback = None if progress is QUIET else (lambda *_: progress.step())
     out = []
     for i in range(x.shape[0]):
         cond_i = Conditioning(latents=cond.latents[i : i + 1], mask=cond.mask[i : i + 1])
@@ -418,12 +452,12 @@ def run_sampler(
 
 
 def sample_and_decode(
-    pipe: Pipeline, task: str, prompts: Sequence[str], cond: Conditioning, plan: Plan, progress: Callable[[], None] | None
+    pipe: Pipeline, task: str, prompts: Sequence[str], cond: Conditioning, plan: Plan, progress: Progress = QUIET
 ) -> list[Video]:
     """What text-to-video, image-to-video and interpolation share: noise, sampling under `cond`, decoding."""
     noise, rngs = prepare_noise(plan.latent_shape, plan.seeds, device=pipe.device)
     latents = run_sampler(pipe, noise, cond, encode_prompts(pipe.text_encoder, prompts), plan, rngs, progress=progress)
-    return to_videos(decode(pipe, latents), plan.fps, metadata(pipe, plan, task, prompts))
+    return to_videos(decode(pipe, latents, progress), plan.fps, metadata(pipe, plan, task, prompts))
 
 
 def encode(pipe: Pipeline, video: Tensor) -> Tensor:
@@ -432,10 +466,14 @@ def encode(pipe: Pipeline, video: Tensor) -> Tensor:
         return torch.cat([pipe.vae.encode(video[i : i + 1].to(pipe.device)).float() for i in range(video.shape[0])])
 
 
-def decode(pipe: Pipeline, latents: Tensor) -> Tensor:
-    """Latents (B, C, t, h, w) -> pixels (B, 3, T, H, W) in [-1, 1] on the CPU, one sample at a time."""
+def decode(pipe: Pipeline, latents: Tensor, progress: Progress = QUIET) -> Tensor:
+    """Latents (B, C, t, h, w) -> pixels (B, 3, T, H, W) in [-1, 1] on the CPU, one sample at a time.
+
+    progress counts `pipe.vae.num_chunks(t)` chunks a sample.
+    """
+    done = None if progress is QUIET else progress.decoded
     with pipe.autocast():
-        return torch.cat([pipe.vae.decode(latents[i : i + 1]).float().cpu() for i in range(latents.shape[0])])
+        return torch.cat([pipe.vae.decode(latents[i : i + 1], progress=done).float().cpu() for i in range(latents.shape[0])])
 
 
 def to_videos(frames: Tensor, fps: float, metadata: Sequence[dict[str, Any]]) -> list[Video]:
@@ -463,32 +501,8 @@ def metadata(
             **({} if plan.guidance_interval is None else {"guidance_interval": "{:g},{:g}".format(*plan.guidance_interval)}),
             **({} if plan.shift is None else {"shift": plan.shift}),
             "model_hash": pipe.model_hash,
+            "precision": pipe.precision,
             **{k: v for k, v in extra.items() if v is not None},
         }
         out.append(record)
     return out
-
-
-class Progress:
-    """A tqdm bar over every sampler step of a call (to stderr), or nothing."""
-
-    def __init__(self, total: int, enabled: bool, description: str) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)
-
-    def step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

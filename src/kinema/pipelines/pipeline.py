@@ -28,11 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from kinema import precision as precisions
 from kinema.errors import KinemaError
 from kinema.pipelines import common
 from kinema.video import Video
-
-PRECISIONS = common.PRECISIONS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +62,9 @@ class SamplingSettings:
     """Frame width in pixels (same rule as height)."""
     fps: float = 8.0
     """Frame rate of the videos made."""
-    precision: str = "fp32"
-    """What the models run in unless the caller says otherwise: fp32, or bf16 (autocast; faster where bf16 is native)."""
+    precision: str = "auto"
+    """What the models run in unless the caller says otherwise: fp32, bf16 (autocast), or auto: bf16 where this
+    device computes it natively (CUDA, a CPU with AVX-512 BF16 or AMX), fp32 elsewhere (`kinema.precision`)."""
 
     def __post_init__(self) -> None:
         from kinema.diffusion.samplers import STEPS
@@ -90,8 +90,10 @@ class SamplingSettings:
             raise ValueError(f"SamplingSettings.image_first must be True or False, got {self.image_first!r}")
         if not self.fps > 0:
             raise ValueError(f"SamplingSettings.fps must be > 0, got {self.fps}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"SamplingSettings.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in precisions.PRECISIONS:
+            raise ValueError(
+                f"SamplingSettings.precision must be one of {', '.join(precisions.PRECISIONS)}, got {self.precision!r}"
+            )
 
 
 class Pipeline:
@@ -101,8 +103,8 @@ class Pipeline:
     (in_channels = 2 * latent_channels + 1); text_encoder: `TextEncoder` or `HFTextEncoder`;
     process: `FlowMatching` or `VPDiffusion` (what the denoiser was trained with);
     settings: the generation defaults; provenance: JSON data saved with it (training config, step...).
-    The modules are put in eval mode. precision: "fp32", or "bf16" to run the models under bf16 autocast
-    (default: settings.precision).
+    The modules are put in eval mode. precision: "fp32", "bf16" (bf16 autocast) or "auto" (bf16 where the
+    device computes it natively); default: settings.precision. `pipe.precision` is what it resolved to.
     """
 
     def __init__(
@@ -133,7 +135,7 @@ class Pipeline:
         self.process = process
         self.settings = settings or SamplingSettings()
         self.provenance = dict(provenance or {})
-        self.precision = common.check_precision(self.settings.precision if precision is None else precision)
+        self._precision = precisions.check_precision(self.settings.precision if precision is None else precision)
         self._hash = model_hash
 
     def __repr__(self) -> str:
@@ -155,7 +157,7 @@ class Pipeline:
     ) -> Pipeline:
         """A shipped pipeline by name, or a pipeline directory; every file is checked against pipeline.json.
 
-        precision: "fp32" or "bf16"; None takes the pipeline's `settings.precision`.
+        precision: "fp32", "bf16" or "auto"; None takes the pipeline's `settings.precision`.
         """
         from kinema.pipelines.storage import load_pipeline
 
@@ -185,21 +187,24 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 
+    @property
+    def precision(self) -> str:
+        """What the models run in on this device: "fp32" or "bf16" (an "auto" asked for, resolved)."""
+        return precisions.resolve(self._precision, self.device)
+
     def to(self, device: str | torch.device | None = None, *, precision: str | None = None) -> Pipeline:
-        """Move the models to `device` and/or set the precision ("fp32", or "bf16" autocast); returns self."""
+        """Move the models to `device` and/or set the precision ("fp32", "bf16" autocast, or "auto"); returns self."""
         if device is not None:
             device = _check_device(device)
             for module in (self.vae, self.denoiser, self.text_encoder):
                 module.to(device)
         if precision is not None:
-            self.precision = common.check_precision(precision)
+            self._precision = precisions.check_precision(precision)
         return self
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The context the models run in: bf16 autocast when precision is "bf16", else nothing."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        """The context the models run in: bf16 autocast when `precision` is "bf16", else nothing."""
+        return precisions.autocast(self.precision, self.device)
 
     # -- tasks
 
@@ -247,12 +252,14 @@ class Pipeline:
             guidance_interval=guidance_interval, shift=shift, image_first=image_first if picture is None else False,
             least_latents=1 if picture is None else 2,  # image-to-video needs a latent frame after the image
         )  # fmt: skip
-        runs = 2 if plan.image_first and plan.latent_shape[1] > 1 else 1
-        with common.Progress(len(prompts) * plan.steps * runs, progress, "generate") as bar:
+        runs = 2 if plan.image_first and plan.latent_shape[1] > 1 else 1  # frame 0 alone, then the clip
+        chunks = self.vae.num_chunks(plan.latent_shape[1]) + (runs - 1) * self.vae.num_chunks(1)
+        n = len(prompts)
+        with common.Progress("generate", steps=n * plan.steps * runs, chunks=n * chunks, enabled=progress) as bar:
             if picture is None:
-                videos = tasks.text_to_video(self, prompts, plan, bar.step)
+                videos = tasks.text_to_video(self, prompts, plan, bar)
             else:
-                videos = tasks.image_to_video(self, resized(picture, plan.height, plan.width), prompts, plan, bar.step)
+                videos = tasks.image_to_video(self, resized(picture, plan.height, plan.width), prompts, plan, bar)
         return videos[0] if single else videos
 
     @torch.no_grad()
@@ -291,8 +298,8 @@ class Pipeline:
             guidance_interval=guidance_interval, shift=shift, least_latents=3,
         )  # fmt: skip
         size = (plan.height, plan.width)
-        with common.Progress(len(prompts) * plan.steps, progress, "interpolate") as bar:
-            videos = tasks.interpolation(self, resized(start, *size), resized(end, *size), prompts, plan, bar.step)
+        with self._progress("interpolate", len(prompts), plan.steps, plan, progress) as bar:
+            videos = tasks.interpolation(self, resized(start, *size), resized(end, *size), prompts, plan, bar)
         return videos[0] if single else videos
 
     @torch.no_grad()
@@ -344,8 +351,8 @@ class Pipeline:
                 f"{plan.num_frames} frames with {context} frames of context takes {len(adds)} windows; "
                 f"give one prompt, or {len(adds)} (one per window)"
             )
-        with common.Progress(num_videos * len(adds) * plan.steps, progress, "extend") as bar:
-            videos = tasks.extension(self, clip, window_prompts, new_frames, context, plan, bar.step)
+        with self._progress("extend", num_videos * len(adds), plan.steps, plan, progress) as bar:
+            videos = tasks.extension(self, clip, window_prompts, new_frames, context, plan, bar)
         return videos[0] if num_videos == 1 else videos
 
     @torch.no_grad()
@@ -384,8 +391,8 @@ class Pipeline:
             clip.fps if fps is None else fps, frames_name="video frames", guidance_interval=guidance_interval, shift=shift,
         )  # fmt: skip
         run = tasks.edit_steps(strength, plan.steps)
-        with common.Progress(len(prompts) * run, progress, "edit") as bar:
-            videos = tasks.edit(self, clip, prompts, strength, pixels, plan, bar.step)
+        with self._progress("edit", len(prompts), run, plan, progress) as bar:
+            videos = tasks.edit(self, clip, prompts, strength, pixels, plan, bar)
         return videos[0] if single else videos
 
     # -- argument checks shared by the methods
@@ -395,6 +402,11 @@ class Pipeline:
         prompts = common.check_prompts(prompt)
         num_videos = common.check_count(num_videos, "num_videos")
         return [p for p in prompts for _ in range(num_videos)], isinstance(prompt, str) and num_videos == 1
+
+    def _progress(self, task: str, runs: int, steps: int, plan: common.Plan, enabled: bool) -> common.Progress:
+        """Bars for `runs` sampling runs of `steps` steps, each decoding a clip of the plan's latent frames."""
+        chunks = runs * self.vae.num_chunks(plan.latent_shape[1])
+        return common.Progress(task, steps=runs * steps, chunks=chunks, enabled=enabled)
 
     def _plan(self, num_samples, seed, steps, guidance, sampler, num_frames, height, width, fps, **kwargs) -> common.Plan:
         return common.make_plan(

@@ -18,7 +18,7 @@ Each function takes a checked `Plan` (`common.make_plan`) and returns one `Video
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +29,9 @@ from torch import Tensor
 from kinema.diffusion import conditioning
 from kinema.errors import KinemaError
 from kinema.pipelines.common import (
+    QUIET,
     Plan,
+    Progress,
     decode,
     draw_noise,
     encode,
@@ -47,16 +49,12 @@ from kinema.video import Video, to_tensor, to_uint8
 if TYPE_CHECKING:
     from kinema.pipelines.pipeline import Pipeline
 
-Progress = Callable[[], None] | None
-"""Called after every sampler step (a progress bar), or None."""
-
-
 def _batch(x: Tensor, n: int) -> Tensor:
     """The known latents of one input, shared by n samples: (1, ...) -> (n, ...)."""
     return x.expand(n, *x.shape[1:])
 
 
-def text_to_video(pipe: Pipeline, prompts: Sequence[str], plan: Plan, progress: Progress = None) -> list[Video]:
+def text_to_video(pipe: Pipeline, prompts: Sequence[str], plan: Plan, progress: Progress = QUIET) -> list[Video]:
     """A clip per (prompt, seed) from noise alone; with plan.image_first, frame 0 first, then the rest.
 
     The factorized way (Emu Video) samples frame 0 as a one-frame clip, then the clip from that image
@@ -72,14 +70,14 @@ def text_to_video(pipe: Pipeline, prompts: Sequence[str], plan: Plan, progress: 
     noise, rngs = prepare_noise((c, 1, h, w), plan.seeds, device=pipe.device)
     blank = conditioning.text_to_video((n, c, 1, h, w), device=pipe.device)
     image = run_sampler(pipe, noise, blank, texts, plan, rngs, progress=progress)
-    pixels = torch.stack([to_tensor(frames) for frames in to_uint8(decode(pipe, image))])  # as saved: uint8 levels
+    pixels = torch.stack([to_tensor(frames) for frames in to_uint8(decode(pipe, image, progress))])  # as saved: uint8 levels
     first = encode(pipe, pixels)  # (n, C, 1, h, w)
     noise = draw_noise(plan.latent_shape, rngs, device=pipe.device)  # each sample's next draws
     latents = run_sampler(pipe, noise, conditioning.image_to_video(first, t), texts, plan, rngs, progress=progress)
-    return to_videos(decode(pipe, latents), plan.fps, metadata(pipe, plan, "text-to-video", prompts, image_first=True))
+    return to_videos(decode(pipe, latents, progress), plan.fps, metadata(pipe, plan, "text-to-video", prompts, image_first=True))
 
 
-def image_to_video(pipe: Pipeline, image: Video, prompts: Sequence[str], plan: Plan, progress: Progress = None) -> list[Video]:
+def image_to_video(pipe: Pipeline, image: Video, prompts: Sequence[str], plan: Plan, progress: Progress = QUIET) -> list[Video]:
     """A clip per (prompt, seed) whose frame 0 is `image` (as the VAE reconstructs it)."""
     first = encode(pipe, image.to_tensor()[None])  # (1, C, 1, h, w)
     cond = conditioning.image_to_video(_batch(first, len(plan.seeds)), plan.latent_shape[1])
@@ -87,7 +85,7 @@ def image_to_video(pipe: Pipeline, image: Video, prompts: Sequence[str], plan: P
 
 
 def interpolation(
-    pipe: Pipeline, first: Video, last: Video, prompts: Sequence[str], plan: Plan, progress: Progress = None
+    pipe: Pipeline, first: Video, last: Video, prompts: Sequence[str], plan: Plan, progress: Progress = QUIET
 ) -> list[Video]:
     """A clip per (prompt, seed) from `first` to `last`.
 
@@ -137,7 +135,7 @@ def extension(
     new_frames: int,
     context_frames: int,
     plan: Plan,
-    progress: Progress = None,
+    progress: Progress = QUIET,
 ) -> list[Video]:
     """Per seed, `clip` followed by `new_frames` generated frames, window after window.
 
@@ -158,7 +156,7 @@ def extension(
             cond = conditioning.extension(known, plan.latent_shape[1])
             noise = draw_noise(plan.latent_shape, [rng], device=pipe.device)
             latents = run_sampler(pipe, noise, cond, [text], plan, [rng], progress=progress)
-            new = decode(pipe, latents)[0, :, tail.shape[1] :]  # (3, frames after the context, H, W)
+            new = decode(pipe, latents, progress)[0, :, tail.shape[1] :]  # (3, frames after the context, H, W)
             pieces.append(to_uint8(new[:, :add]))
             tail = torch.cat([tail, new], dim=1)[:, -context_frames:]
         videos.append(np.concatenate(pieces))
@@ -203,7 +201,7 @@ def edit(
     strength: float,
     mask: Tensor | None,
     plan: Plan,
-    progress: Progress = None,
+    progress: Progress = QUIET,
 ) -> list[Video]:
     """Per (prompt, seed), `clip` re-made under the prompt (SDEdit); with a mask (1 or T, H, W), only inside it.
 
@@ -225,7 +223,7 @@ def edit(
     noise, rngs = prepare_noise(tuple(latents.shape[1:]), plan.seeds, device=pipe.device)
     x = pipe.process.add_noise(_batch(latents, n), noise, sigmas[0])
     out = run_sampler(pipe, x, cond, encode_prompts(pipe.text_encoder, prompts), plan, rngs, sigmas=sigmas, progress=progress)
-    frames = decode(pipe, out)
+    frames = decode(pipe, out, progress)
     if mask is not None:
         alpha = mask[None, None]  # (1, 1, 1 or T, H, W)
         frames = alpha * frames + (1 - alpha) * source

@@ -28,7 +28,7 @@ from kinema.models.vae import VAEConfig
 from kinema.models.vae_loss import VAELossConfig
 
 STAGES = ("vae", "diffusion")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # kinema.precision: "auto" is bf16 only where the device computes it natively
 DEVICES = ("auto", "cpu", "cuda")
 PARALLEL = ("ddp", "fsdp")
 SCHEDULES = ("cosine", "constant")
@@ -196,8 +196,8 @@ class SampleConfig:
     image_first: bool = False
     """Text-to-video makes frame 0 first, then the clip from it (`SamplingSettings.image_first`)."""
     precision: str | None = None
-    """What the samples and the exported pipeline run in by default: fp32, or bf16 (autocast); None: `precision`,
-    the training precision."""
+    """What the samples and the exported pipeline run in by default: auto, fp32, or bf16 (autocast); None:
+    `precision`, the training precision (as asked: "auto" is resolved by whoever samples, on their device)."""
     fps: float = 8.0
     """Frame rate of the written clips."""
 
@@ -303,8 +303,9 @@ class TrainConfig:
     """Seed of the initial weights, the data order and every sample's noise."""
     device: str = "auto"
     """"auto" (CUDA if available), "cpu" or "cuda"."""
-    precision: str = "bf16"
-    """"bf16" (autocast, fp32 master weights) or "fp32"."""
+    precision: str = "auto"
+    """"bf16" (autocast, fp32 master weights), "fp32", or "auto": bf16 where the device computes it natively (CUDA,
+    a CPU with AVX-512 BF16 or AMX), fp32 elsewhere, where bf16 would be several times slower (`kinema.precision`)."""
     deterministic: bool = False
     """Deterministic kernels (torch.use_deterministic_algorithms): bitwise-repeatable runs, slower."""
     compile: bool = False

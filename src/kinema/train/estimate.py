@@ -9,15 +9,23 @@ on this machine (the first warms up), scaled to the per-rank samples of a step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from kinema import precision as precisions
+from kinema.errors import KinemaError
 from kinema.train.config import TrainConfig
 from kinema.train.data import Items, Pick, SampleRandom, collate, dataset_for
 from kinema.train.stages import STAGES
+
+
+STAND_IN_VAE = "shapes"
+"""The shipped pipeline whose VAE a dry run measures with when diffusion.vae_path is not trained yet."""
 
 
 def _mkldnn_conv_flop(x_shape, w_shape, bias, padding, stride, dilation, groups, *, out_shape=None, **kwargs) -> int:
@@ -38,7 +46,13 @@ def estimate(config: TrainConfig, *, world_size: int = 1, probe: int = 1, datase
     stage = STAGES[config.stage]
     device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
-    model, frozen = stage.build(config)
+    config, note = _stand_in_vae(config)
+    try:
+        model, frozen = stage.build(config)
+    except KinemaError as e:
+        if note is None:
+            raise
+        raise KinemaError(f"{note}, but this config does not fit it ({e}); train the VAE first") from None
     model.to(device)
     for module in frozen.values():
         module.to(device)
@@ -46,7 +60,8 @@ def estimate(config: TrainConfig, *, world_size: int = 1, probe: int = 1, datase
         dataset = dataset_for(config)
     batch = collate([Items(dataset)[Pick(i % len(dataset), -1, i)] for i in range(probe)])
     group = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["groups"][0].items()}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    precision = precisions.resolve(config.precision, device)
+    autocast = precisions.autocast(precision, device)
 
     def one_pass(count: bool) -> tuple[int, int, float]:
         if device.type == "cuda":
@@ -75,7 +90,7 @@ def estimate(config: TrainConfig, *, world_size: int = 1, probe: int = 1, datase
     return {
         "stage": config.stage,
         "device": str(device),
-        "precision": config.precision,
+        "precision": precision if config.precision != "auto" else f"auto: {precision}",
         "trained_params": trained,
         "frozen_params": frozen_params,
         "params_by_module": {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
@@ -85,12 +100,32 @@ def estimate(config: TrainConfig, *, world_size: int = 1, probe: int = 1, datase
         "train_flops_per_step": train_flops * config.data.batch_size // probe,
         "seconds_per_step": seconds * per_rank / probe,
         "samples_per_s": probe / seconds,
+        "note": note,
     }
+
+
+def _stand_in_vae(config: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """A diffusion config whose VAE is not trained yet, measured with the shipped one: a step's cost depends on
+    the VAE's shape only, and the shipped VAE has the shape `kinema train shapes-vae` makes. Else unchanged."""
+    from kinema.pipelines.storage import shipped_pipelines
+
+    if config.stage != "diffusion":
+        return config, None
+    path = config.diffusion.vae_path
+    if Path(path).exists() or path in shipped_pipelines() or STAND_IN_VAE not in shipped_pipelines():
+        return config, None
+    note = (
+        f"diffusion.vae_path {path} does not exist yet: measured with the shipped {STAND_IN_VAE!r} VAE "
+        "(the shape `kinema train shapes-vae` makes)"
+    )
+    return dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, vae_path=STAND_IN_VAE)), note
 
 
 def format_estimate(e: dict[str, Any], steps: int) -> str:
     """The dry-run report, a few aligned lines."""
     lines = [f"stage            {e['stage']} on {e['device']} ({e['precision']})"]
+    if e.get("note"):
+        lines.append(f"note             {e['note']}")
     lines.append(
         f"trained params   {e['trained_params']:,}  ("
         + ", ".join(f"{k} {v:,}" for k, v in e["params_by_module"].items())

@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kinema import config as cfg
+from kinema import precision as precisions
 from kinema.atomic import write_json
 from kinema.errors import KinemaError
 from kinema.train import checkpoint as ckpt
@@ -47,6 +48,7 @@ from kinema.train.ema import EMA
 from kinema.train.observe import Meter, Observer, peak_memory_mb
 from kinema.train.schedule import lr_at, set_lr
 from kinema.train.stages import STAGES, vae_folder, write_pipeline
+from kinema.train.undo import RunFolder, undo_failed_run
 
 
 class Result(NamedTuple):
@@ -77,12 +79,19 @@ def train(
       out_dir/config_changes.jsonl with the step it took effect.
     dataset: train on this dataset of {"video": (3, T, H, W) in [-1, 1], "caption": str} instead of
       `config.data.dataset` (it must give the same items on every rank).
-    Under torchrun every rank calls this; only rank 0 writes files.
+    Under torchrun every rank calls this; only rank 0 writes files. A run that fails (or is interrupted)
+    before it saves its first checkpoint removes what it wrote (`kinema.train.undo`).
     """
     world = distributed.init(config.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    # noted before anything is written, so that a run that fails before its first checkpoint leaves no
+    # half-run behind (config.json, samples/...), and nothing that was there before is touched
+    folder = RunFolder(Path(out_dir)) if world.is_main else None
     try:
         return _train(config, Path(out_dir), world, resume=resume, allow_changes=allow_changes, dataset=dataset)
+    except BaseException:
+        undo_failed_run(folder)
+        raise
     finally:
         torch.use_deterministic_algorithms(deterministic)
         distributed.shutdown(world)
@@ -141,10 +150,13 @@ def _train(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    bf16 = config.precision == "bf16"
+    precision = precisions.resolve(config.precision, device)
+    bf16 = precision == "bf16"
+    if world.is_main and config.precision == "auto":
+        print(f"precision auto: {precision} on {device.type} ({precisions.why(device)})", flush=True)
 
-    def autocast() -> torch.autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    def autocast() -> contextlib.AbstractContextManager:
+        return precisions.autocast(precision, device)
 
     # ---- models, EMA, optimizer ------------------------------------------------------------------------
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -204,7 +216,7 @@ def _train(
     cache = None
     if d.cache and config.stage == "diffusion":
         if world.is_main:
-            LatentCache.prepare(out_dir / "cache", cache_meta(config))
+            LatentCache.prepare(out_dir / "cache", cache_meta(config, precision))
         distributed.barrier(world)
         cache = LatentCache(out_dir / "cache", rank=world.rank)
     items = Items(dataset, cache)
@@ -481,8 +493,9 @@ DRAWING_ONLY = ("batch_size", "num_workers", "cache", "image_ratio", "image_mode
 """Data fields that change which samples are drawn, not their latents: a cache outlives changes to them."""
 
 
-def cache_meta(config: TrainConfig) -> dict[str, Any]:
-    """What cached latents and embeddings depend on; a cache made under anything else is cleared."""
+def cache_meta(config: TrainConfig, precision: str) -> dict[str, Any]:
+    """What cached latents and embeddings depend on (precision: the run's, resolved); a cache made under
+    anything else is cleared."""
     from kinema.models.checkpoint import weights_hash
 
     d = config.diffusion
@@ -491,7 +504,7 @@ def cache_meta(config: TrainConfig) -> dict[str, Any]:
         # what a sample's latents are, not which samples a step draws (an image is keyed by its frame)
         "data": {k: v for k, v in cfg.to_dict(config.data).items() if k not in DRAWING_ONLY},
         "text": None if d.train_text_encoder else [d.text_encoder, cfg.to_dict(d.text) if d.text else None],
-        "precision": config.precision,
+        "precision": precision,
     }
 
 

@@ -5,9 +5,11 @@
     shapes-unet3d    the same with a factorized 3D U-Net
     *-debug          tiny versions (32x32x5 clips, tiny models, a few steps) for tests and smoke runs
 
-The diffusion recipes read the VAE from `runs/shapes-vae/pipeline` (the debug ones from
-`runs/shapes-vae-debug/pipeline`): train the VAE first, or point them elsewhere with
-`--set diffusion.vae_path=DIR/pipeline`.
+The full diffusion recipes read the VAE from `runs/shapes-vae/pipeline`: train it first
+(`kinema train shapes-vae --out runs/shapes-vae`), or point them elsewhere with
+`--set diffusion.vae_path=DIR/pipeline` (or `=shapes`, the shipped model's VAE). The debug ones
+use the shipped model's VAE, so they run on a fresh install; its latents at 32x32x5 are
+(8, 2, 8, 8), as are the debug VAE's (`--set diffusion.vae_path=runs/shapes-vae-debug/pipeline`).
 """
 
 from __future__ import annotations
@@ -133,6 +135,10 @@ def shapes_unet3d() -> TrainConfig:
     return _shapes_diffusion(unet=unet_shapes(latent_channels=8, text_dim=256), text=text_small(), steps=20_000)
 
 
+DEBUG_LATENT_CHANNELS = 8
+"""The shipped VAE's latent channels: the debug denoisers fit it, and the debug VAE has as many."""
+
+
 def _debug(**fields) -> dict:
     return dict(
         steps=4,
@@ -146,9 +152,12 @@ def _debug(**fields) -> dict:
 
 
 def shapes_vae_debug() -> TrainConfig:
-    """A ~0.1M-parameter VAE on 32x32x5 clips for 4 steps."""
+    """A ~0.1M-parameter VAE on 32x32x5 clips for 4 steps: latents (8, 2, 8, 8), as the shipped VAE's there."""
     return TrainConfig(
-        stage="vae", vae=vae_tiny(), vae_loss=VAELossConfig(), **_debug(sample=SampleConfig(every=4, count=1))
+        stage="vae",
+        vae=vae_tiny(latent_channels=DEBUG_LATENT_CHANNELS),
+        vae_loss=VAELossConfig(),
+        **_debug(sample=SampleConfig(every=4, count=1)),
     )
 
 
@@ -156,19 +165,20 @@ def _diffusion_debug(**denoiser) -> TrainConfig:
     return TrainConfig(
         stage="diffusion",
         **denoiser,
-        diffusion=DiffusionConfig(vae_path="runs/shapes-vae-debug/pipeline", flow=FlowMatching(), text=text_tiny()),
+        # the shipped model's VAE, so that a debug run needs nothing trained first (4x4x4 compression, 8 channels)
+        diffusion=DiffusionConfig(vae_path="shapes", flow=FlowMatching(), text=text_tiny()),
         **_debug(sample=SampleConfig(every=4, prompts=SHAPES_PROMPTS[:1], steps=2, guidance=2.0)),
     )
 
 
 def shapes_dit_debug() -> TrainConfig:
-    """A tiny DiT and text encoder on the debug VAE's latents (4, 2, 8, 8) for 4 steps."""
-    return _diffusion_debug(dit=dit_tiny(latent_channels=4, text_dim=32))
+    """A tiny DiT and text encoder on the shipped VAE's latents (8, 2, 8, 8) for 4 steps."""
+    return _diffusion_debug(dit=dit_tiny(latent_channels=DEBUG_LATENT_CHANNELS, text_dim=32))
 
 
 def shapes_unet3d_debug() -> TrainConfig:
-    """A tiny 3D U-Net and text encoder on the debug VAE's latents for 4 steps."""
-    return _diffusion_debug(unet=unet_tiny(latent_channels=4, text_dim=32))
+    """A tiny 3D U-Net and text encoder on the shipped VAE's latents (8, 2, 8, 8) for 4 steps."""
+    return _diffusion_debug(unet=unet_tiny(latent_channels=DEBUG_LATENT_CHANNELS, text_dim=32))
 
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {

@@ -28,6 +28,8 @@ from kinema import config as cfg
 from kinema.atomic import write_json
 from kinema.errors import KinemaError
 from kinema.models.checkpoint import load_model, save_model
+from kinema.precision import autocast
+from kinema.precision import resolve as resolve_precision
 from kinema.train.config import TrainConfig
 from kinema.train.data import SampleRandom
 from kinema.train.observe import side_by_side, write_clip
@@ -82,11 +84,11 @@ def vae_step(
 @torch.no_grad()
 def preview_vae(model: nn.Module, frozen: Frozen, config: TrainConfig, dataset: Any, prefix: Path) -> None:
     """Original | reconstruction of the dataset's first `sample.count` clips: prefix-k.gif."""
-    device = next(model.parameters()).device
-    bf16 = (config.sample.precision or config.precision) == "bf16"
+    device = _device(model)
+    precision = resolve_precision(config.sample.precision or config.precision, device)
     for k in range(min(config.sample.count, len(dataset))):
         x = dataset[k]["video"][None].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(precision, device):
             recon = model.decode(model.encode(x)).float()
         write_clip(
             side_by_side([x[0].cpu(), recon[0].cpu()]),
@@ -147,6 +149,12 @@ def vae_folder(path: str) -> Path:
         return directory
     if path in shipped_pipelines():
         return resolve(path)
+    if not directory.exists():  # the usual case on a fresh install: the VAE stage has not been run yet
+        run = directory.parent if directory.name == "pipeline" else directory
+        raise KinemaError(
+            f"diffusion.vae_path: {directory} does not exist; train the VAE first (`kinema train shapes-vae "
+            f"--out {run}` writes {run / 'pipeline'}), or use the shipped model's VAE: --set diffusion.vae_path=shapes"
+        )
     raise KinemaError(
         f"diffusion.vae_path: {directory} holds neither vae.json nor a pipeline; point it at a trained VAE, e.g. the "
         "DIR/pipeline of a `kinema train shapes-vae` run, or at a pipeline such as the shipped 'shapes'"
@@ -325,7 +333,8 @@ def as_pipeline(model: nn.Module, frozen: Frozen, config: TrainConfig) -> Pipeli
         text_encoder=model.text_encoder if model.text_encoder is not None else frozen["text_encoder"],
         process=config.diffusion.process,
         settings=sampling_settings(config),
-        provenance={"train_config": cfg.to_dict(config)},
+        # the precision the run trained in, as resolved on its device ("auto" may differ between machines)
+        provenance={"train_config": cfg.to_dict(config), "precision": resolve_precision(config.precision, _device(model))},
     )
 
 
@@ -342,6 +351,10 @@ def export_diffusion(model: nn.Module, frozen: Frozen, config: TrainConfig, dire
 
 
 # ---------------------------------------------------------------------------------------------- shared
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def video_settings(config: TrainConfig) -> dict[str, Any]:
