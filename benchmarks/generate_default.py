@@ -126,7 +126,7 @@ def main() -> None:
     print(f"\n| case | precision | median s | min | max |" + (" vs avx2-bf16 |" if base else ""))
     print("|---|---|---|---|---|" + ("---|" if base else ""))
     for c in cases:
-        ratio = f" {base['median_wall_s'] / c['median_wall_s']:.1f}x faster |" if base else ""
+        ratio = (" - |" if c is base else f" {base['median_wall_s'] / c['median_wall_s']:.1f}x faster |") if base else ""
         print(f"| {c['case']} | {c['precision']} | {c['median_wall_s']:.2f} | {c['min_wall_s']:.2f} | {c['max_wall_s']:.2f} |{ratio}")
     print(f"`import torch` alone {result['import_torch_median_s']:.2f} s; cpu {result['cpu']['cpu']}, "
           f"auto picks {result['cpu']['auto']} here")  # fmt: skip

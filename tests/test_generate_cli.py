@@ -65,6 +65,26 @@ def test_text_to_video_writes_the_file_and_its_sidecar(model, tmp_path, capsys):
     assert sidecar["file"] == "circle.mp4" and sidecar["metadata"] == m and sidecar["frames"] == 9
 
 
+def test_two_object_prompts_warn_until_the_model_is_measured_to_draw_them(tmp_path, capsys):
+    two = "a red circle moving right and a blue square staying still"
+    pipe = random_pipeline("tiny", seed=0)
+    shapes = {"train_config": {"data": {"dataset": "shapes-mixed"}}}
+    report = {"ci95": [0.0, 0.057], "n": 64, "split": "train", "report": "r.json"}
+    for name, quality in (("unmeasured", None), ("poor", 0.0), ("good", 0.9)):
+        pipe.provenance = {**shapes, **({} if quality is None else {"quality": {"two_objects": {"joint": quality, **report}}})}
+        run(two, "--model", str(pipe.save(tmp_path / name)), "--out", str(tmp_path / f"{name}.gif"), "--steps", "1")
+        err = capsys.readouterr().err
+        assert (tmp_path / f"{name}.gif").is_file()  # a warning, never an error
+        if name == "unmeasured":
+            assert "how well this model draws two is not measured (kinema eval shapes --model MODEL --objects 2)" in err
+        elif name == "poor":
+            assert "right in 0% of clips (0%-6%, 64 train prompts, r.json): expect one object missing" in err
+        else:
+            assert "warning" not in err  # it passes the bar: nothing to warn about
+    run(PROMPT, "--model", str(tmp_path / "unmeasured"), "--out", str(tmp_path / "one.gif"), "--steps", "1")
+    assert "warning" not in capsys.readouterr().err  # one object: no warning
+
+
 def test_a_shapes_model_warns_about_prompts_outside_its_captions(tmp_path, capsys):
     pipe = random_pipeline("tiny", seed=0)
     pipe.provenance = {"train_config": {"data": {"dataset": "shapes-mixed"}}}

@@ -180,9 +180,35 @@ def _warn_unfamiliar(pipe: Any, prompts: list[str]) -> None:
 
     for prompt in dict.fromkeys(prompts):
         try:
-            parse_captions(prompt)
+            objects = parse_captions(prompt)
         except KinemaError as e:
             typer.echo(f"warning: this model learned shapes captions only, and {e}; the clip may not follow it", err=True)
+            continue
+        if len(objects) > 1:
+            _warn_objects(pipe, len(objects))
+
+
+TWO_OBJECTS_BAR = 0.85
+"""Two-object prompts get a warning until the model's measured joint accuracy on them reaches this."""
+
+
+def _warn_objects(pipe: Any, count: int) -> None:
+    """Say how well the model draws several objects, from its recorded `kinema eval shapes --objects 2`."""
+    measured = (pipe.provenance.get("quality") or {}).get("two_objects")
+    if measured is None:
+        typer.echo(
+            f"warning: {count} objects asked for, and how well this model draws two is not measured "
+            f"(kinema eval shapes --model MODEL --objects 2); they may come out merged or one missing",
+            err=True,
+        )
+    elif measured["joint"] < TWO_OBJECTS_BAR:
+        lo, hi = measured["ci95"]
+        typer.echo(
+            f"warning: this model draws both objects of a two-object prompt right in {measured['joint']:.0%} of clips "
+            f"({lo:.0%}-{hi:.0%}, {measured['n']} {measured['split']} prompts, {measured['report']}): expect one object "
+            "missing or the two merged into one blob",
+            err=True,
+        )
 
 
 def _size(size: str | None) -> tuple[int | None, int | None]:

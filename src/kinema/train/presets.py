@@ -49,7 +49,8 @@ def shapes_vae() -> TrainConfig:
 
     Trained on one- and two-object clips (`shapes-mixed`): a VAE that only ever saw one object
     mixes the colours of two. One image (a single frame) per ten samples teaches the first-frame
-    path that image-to-video uses. 4,000 steps: about 1.5 s a step on a 2-core CPU in bf16 (1.7 hours).
+    path that image-to-video uses. 4,000 steps: about 1.5 s a step on a 2-core CPU with AVX-512 BF16,
+    where `precision` auto trains in bf16 (1.7 hours); fp32 on other CPUs.
     """
     return TrainConfig(
         stage="vae",
@@ -103,7 +104,8 @@ def shapes_dit() -> TrainConfig:
     """The shipped shapes model: a ~4M-parameter DiT and a ~1.4M-parameter built-in text encoder trained
     with it, flow matching, on one- and two-object clips with every conditioning task mixed in.
 
-    40,000 steps of batch 16: about 0.85 s a step on a 2-core CPU in bf16 (about 10 hours). The default
+    40,000 steps of batch 16: about 0.85 s a step on a 2-core CPU with AVX-512 BF16,
+    in bf16 (about 10 hours; `precision` auto trains in fp32 on other CPUs, `--dry-run` measures it). The default
     model's run was lengthened three times on resume: from 10,000 steps at step 3,095 (at 2,750 steps no clip
     was fully right), to 30,000 at step 10,475 (16% of clips fully right at 10,000) and to 40,000 at step
     30,000 (89% of train prompts fully right; the cosine schedule is recomputed for the new length, so the
