@@ -66,8 +66,13 @@ def cpu_bf16_native() -> bool:
     """This CPU has bf16 arithmetic (AVX-512 BF16 or AMX) and torch's kernels are allowed to use it."""
     hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     vectorised = torch.backends.cpu.get_cpu_capability().startswith("AVX512")  # lowered by ATEN_CPU_CAPABILITY
-    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    isa = (_onednn_max_isa() or "ALL").upper()
     return hardware and vectorised and isa.startswith(_ONEDNN_BF16_ISAS)
+
+
+def _onednn_max_isa() -> str | None:
+    """The ISA oneDNN is held to, if any (DNNL_MAX_CPU_ISA is the variable's older name)."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
 
 
 def why(device: str | torch.device) -> str:
@@ -97,7 +102,7 @@ def cpu_flags() -> dict[str, Any]:
         "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
         "amx": torch.cpu._is_amx_tile_supported(),
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
-        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+        "onednn_max_isa": _onednn_max_isa(),
         "threads": torch.get_num_threads(),
         "auto": resolve("auto", "cpu"),
     }

@@ -108,7 +108,7 @@ def export_vae(model: nn.Module, frozen: Frozen, config: TrainConfig, directory:
 
     dataset = dataset_for(config)
     clips = [dataset[i]["video"] for i in range(min(LATENT_STATS_CLIPS, len(dataset)))]
-    device = next(model.parameters()).device
+    device = _device(model)
     batches = (torch.stack(clips[i : i + 8]).to(device) for i in range(0, len(clips), 8))
     with torch.no_grad():
         model = model.with_latent_stats(*measure_latent_stats(model, batches))
