@@ -23,7 +23,7 @@ from kinema import config as cfg
 from kinema.errors import KinemaError
 from kinema.train import checkpoint as ckpt
 from kinema.train.config import SAFE_ON_RESUME, config_changes, override, resume_conflicts
-from kinema.train.data import Items, Pick, SampleRandom, collate, micro_batch, plan_step
+from kinema.train.data import Items, Pick, StepRandom, collate, micro_batch, plan_step
 from kinema.train.ema import EMA
 from kinema.train.loop import NonFiniteError, train
 from kinema.train.observe import draw_loss_curve, read_metrics
@@ -95,10 +95,16 @@ def test_plan_is_a_pure_function_split_over_ranks_and_micro_steps():
     assert [[(p.index, p.frame >= 0) for p in b] for b in firsts] == [[(p.index, p.frame >= 0) for p in b] for b in anys]
 
 
-def test_sample_randomness_depends_on_position_only():
-    a = SampleRandom(0, torch.tensor([5, 6, 7])).randn(3)
-    b = SampleRandom(0, torch.tensor([6])).randn(3)
+def test_step_randomness_depends_on_the_slot_only_and_is_drawn_per_name_and_shape():
+    a = StepRandom(0, 3, 8).rows(torch.tensor([5, 6, 7])).randn("noise", 3)
+    b = StepRandom(0, 3, 8).rows(torch.tensor([6])).randn("noise", 3)
     assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[1])
+    draws = StepRandom(0, 3, 8)
+    assert torch.equal(draws.rows(torch.arange(8)).rand("u", 2), StepRandom(0, 3, 8).rows(torch.arange(8)).rand("u", 2))
+    assert not torch.equal(draws.rows(torch.arange(8)).rand("v", 2), draws.rows(torch.arange(8)).rand("u", 2))
+    assert not torch.equal(StepRandom(0, 4, 8).rows(torch.arange(8)).rand("u", 2), draws.rows(torch.arange(8)).rand("u", 2))
+    # an image (one latent frame) draws from a stream of its own, not the first frame of a clip's noise
+    assert not torch.equal(draws.rows(torch.arange(8)).randn("noise", 1, 2)[:, 0], draws.rows(torch.arange(8)).randn("noise", 2, 2)[:, 0])
 
 
 def test_collate_groups_by_shape_and_drops_unreadable_samples():
@@ -306,14 +312,14 @@ def test_first_frame_weight_weighs_latent_frame_0_in_the_loss(first):
         train_text_encoder=False, text_dropout=0.0, first_frame_weight=first,
     )  # fmt: skip
     group = {"latents": torch.zeros(2, 4, 3, 4, 4), "text": torch.zeros(2, 1, 8), "text_mask": torch.ones(2, 1, dtype=torch.bool)}
-    losses = diffusion_step(OffByFrame(), {}, group, SampleRandom(0, torch.tensor([0, 1])), SimpleNamespace(diffusion=d))
+    losses = diffusion_step(OffByFrame(), {}, group, StepRandom(0, 0, 2).rows(torch.tensor([0, 1])), SimpleNamespace(diffusion=d))
     want = (first * 9 + 1 + 4) / (first + 2)  # squared errors 9, 1, 4 by frame, weights first, 1, 1
     assert float(losses["loss"]) == pytest.approx(want, rel=1e-4)
     # a one-frame sample (an image) has the plain mean whatever the weight
     group["latents"] = torch.zeros(2, 4, 1, 4, 4)
     one = OffByFrame()
     one.forward = lambda x, t, c, m: x[:, :4] / (t / 1000).view(-1, 1, 1, 1, 1) + 2.0
-    assert float(diffusion_step(one, {}, group, SampleRandom(0, torch.tensor([0, 1])), SimpleNamespace(diffusion=d))["loss"]) == pytest.approx(4.0, rel=1e-4)
+    assert float(diffusion_step(one, {}, group, StepRandom(0, 0, 2).rows(torch.tensor([0, 1])), SimpleNamespace(diffusion=d))["loss"]) == pytest.approx(4.0, rel=1e-4)
 
 
 def test_first_frame_weight_must_be_positive():
@@ -419,14 +425,25 @@ def test_allow_change_changes_the_recipe_on_resume_and_records_it(vae_dir, tmp_p
     assert len((tmp_path / "config_changes.jsonl").read_text().splitlines()) == 2
 
 
-def test_latent_cache_gives_the_same_run(vae_dir, tmp_path):
-    sets = {"deterministic": True, "steps": 12, "diffusion.train_text_encoder": False}
-    train(dit_debug(vae_dir, **sets), tmp_path / "plain")
-    train(dit_debug(vae_dir, **sets, **{"data.cache": True}), tmp_path / "cached")
+@pytest.mark.parametrize("train_text", [False, True])
+def test_latent_store_streaming_and_the_disk_cache_train_alike(vae_dir, tmp_path, train_text):
+    sets = {"deterministic": True, "steps": 12, "diffusion.train_text_encoder": train_text, "data.image_ratio": 0.5}
+    store = tmp_path / "stores"
+    train(dit_debug(vae_dir, **sets, **{"data.store": "stream"}), tmp_path / "plain")
+    train(dit_debug(vae_dir, **sets, **{"data.store": "stream", "data.cache": True}), tmp_path / "cached")
+    train(dit_debug(vae_dir, **sets, **{"data.store": "memory", "data.store_dir": str(store)}), tmp_path / "memory")
     shards = list((tmp_path / "cached" / "cache").glob("shard-*.safetensors"))
     assert shards and len(load_file(str(shards[0]))) > 0
+    saved = list(store.glob("store-*.safetensors"))
+    assert len(saved) == 1 and load_file(str(saved[0]))["latents"].shape == (16, 8, 2, 8, 8)
     assert losses(tmp_path / "plain") == losses(tmp_path / "cached")
     assert_same(weights(tmp_path / "plain", 12), weights(tmp_path / "cached", 12))
+    np.testing.assert_allclose(losses(tmp_path / "memory"), losses(tmp_path / "plain"), rtol=1e-5)
+    assert_same(weights(tmp_path / "plain", 12), weights(tmp_path / "memory", 12), atol=1e-5)
+    # a later run with the same VAE and data loads the saved store instead of encoding again
+    mtime = saved[0].stat().st_mtime_ns
+    train(dit_debug(vae_dir, **sets, **{"data.store": "memory", "data.store_dir": str(store)}), tmp_path / "again")
+    assert saved[0].stat().st_mtime_ns == mtime and losses(tmp_path / "again") == losses(tmp_path / "memory")
 
 
 def test_auto_precision_trains_in_what_this_cpu_pays_for_and_records_it(vae_dir, tmp_path, capsys):

@@ -23,6 +23,7 @@ _EXPORTS = {
     "num_channels": ".conditioning",
     "paste_known": ".conditioning",
     "sample_conditioning": ".conditioning",
+    "sample_known_mask": ".conditioning",
     "text_to_video": ".conditioning",
     "image_to_video": ".conditioning",
     "interpolation": ".conditioning",

@@ -209,17 +209,29 @@ def sample_conditioning(x0: Tensor, mix: ConditioningMix, *, generator: torch.Ge
     if x0.ndim != 5:
         raise KinemaError(f"x0 must be latents (B, C, T, H, W), got shape {tuple(x0.shape)}")
     b, _, t, h, w = x0.shape
+    mask = sample_known_mask(b, t, h, w, mix, generator=generator).to(device=x0.device, dtype=x0.dtype)
+    return Conditioning(latents=x0 * mask, mask=mask)
+
+
+def sample_known_mask(
+    b: int, t: int, h: int, w: int, mix: ConditioningMix, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """The known-position masks of `b` tasks drawn from `mix`: (b, 1, t, h, w) float, 1 = known.
+
+    Drawn and built on the generator's device (the CPU when None) without a host round trip, so a training
+    step on a GPU does not wait on it.
+    """
     dev = generator.device if generator is not None else torch.device("cpu")
     least = {"image_to_video": 2, "interpolation": 3, "extension": 2}
     probs = torch.tensor([p if t >= least.get(k, 1) else 0.0 for k, p in zip(KINDS, mix.probabilities())])
     if probs.sum() == 0:
         probs[KINDS.index("text_to_video")] = 1.0
-    kind = torch.multinomial(probs.to(dev), b, replacement=True, generator=generator).cpu()
-    k = torch.randint(1, max(min(mix.max_extension_frames, t - 1), 1) + 1, (b,), generator=generator, device=dev).cpu()
-    size = torch.empty(b, 2, device=dev).uniform_(*mix.repaint_size, generator=generator).cpu()
-    corner = torch.rand(b, 2, generator=generator, device=dev).cpu()
+    kind = torch.multinomial(probs.to(dev), b, replacement=True, generator=generator)
+    k = torch.randint(1, max(min(mix.max_extension_frames, t - 1), 1) + 1, (b,), generator=generator, device=dev)
+    size = torch.empty(b, 2, device=dev).uniform_(*mix.repaint_size, generator=generator)
+    corner = torch.rand(b, 2, generator=generator, device=dev)
 
-    frame = torch.arange(t)
+    frame = torch.arange(t, device=dev)
     is_kind = {name: (kind == i)[:, None] for i, name in enumerate(KINDS)}
     known_frames = (
         (is_kind["image_to_video"] & (frame == 0))
@@ -230,7 +242,7 @@ def sample_conditioning(x0: Tensor, mix: ConditioningMix, *, generator: torch.Ge
     box_w = (size[:, 1] * w).round().clamp(1, w)
     top = (corner[:, 0] * (h - box_h + 1)).floor()
     left = (corner[:, 1] * (w - box_w + 1)).floor()
-    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    ys, xs = torch.arange(h, device=dev)[None, :, None], torch.arange(w, device=dev)[None, None, :]
     box = (
         (ys >= top[:, None, None]) & (ys < (top + box_h)[:, None, None])
         & (xs >= left[:, None, None]) & (xs < (left + box_w)[:, None, None])
@@ -240,8 +252,7 @@ def sample_conditioning(x0: Tensor, mix: ConditioningMix, *, generator: torch.Ge
         ~box[:, None],
         known_frames[:, :, None, None].expand(b, t, h, w),
     )
-    mask = mask[:, None].to(device=x0.device, dtype=x0.dtype)
-    return Conditioning(latents=x0 * mask, mask=mask)
+    return mask[:, None].float()
 
 
 __all__ = [
@@ -256,6 +267,7 @@ __all__ = [
     "num_channels",
     "paste_known",
     "sample_conditioning",
+    "sample_known_mask",
     "text_only",
     "text_to_video",
 ]

@@ -352,8 +352,8 @@ class VPDiffusion(_GaussianPath):
     ) -> Tensor:
         """The noise levels of n timesteps drawn uniformly from [0, T-1], (n,) on `device`."""
         gen_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.num_train_timesteps, (n,), generator=generator, device=gen_device).cpu()
-        sigma = torch.sqrt(1.0 - self.alphas_cumprod()[t])
+        t = torch.randint(0, self.num_train_timesteps, (n,), generator=generator, device=gen_device)
+        sigma = torch.sqrt(1.0 - self.alphas_cumprod().to(t.device)[t])  # no host round trip on a GPU
         return sigma.to(device=device, dtype=schedule_dtype(device))
 
     def loss_weight(self, sigma: Tensor) -> Tensor:

@@ -49,13 +49,14 @@ from kinema.nn.norm import RMSNorm
 
 
 def pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (tokens (B, L, dim), mask (B, L)) to `length` >= L with zeros / False."""
+    """Right-pad (tokens (B, L, dim) or ids (B, L), mask (B, L)) to `length` >= L with zeros / False."""
     extra = length - tokens.shape[1]
     if extra < 0:
         raise ValueError(f"cannot pad {tokens.shape[1]} tokens to a shorter length {length}")
     if extra == 0:
         return tokens, mask
-    return nn.functional.pad(tokens, (0, 0, 0, extra)), nn.functional.pad(mask, (0, extra), value=False)
+    pad = (0, extra) if tokens.ndim == 2 else (0, 0, 0, extra)
+    return nn.functional.pad(tokens, pad), nn.functional.pad(mask, (0, extra), value=False)
 
 
 def _stack_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

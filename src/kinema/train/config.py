@@ -35,9 +35,11 @@ SCHEDULES = ("cosine", "constant")
 OPTIMIZER_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 IMAGE_MODES = ("mixed", "separate")
 IMAGE_FRAMES = ("any", "first")
+STORES = ("auto", "memory", "stream")
 
 SAFE_ON_RESUME = (
-    "steps", "log", "sample", "checkpoint.every", "checkpoint.keep", "data.num_workers", "diffusion.init_from"
+    "steps", "log", "sample", "checkpoint.every", "checkpoint.keep", "data.num_workers", "data.store", "data.store_dir",
+    "diffusion.init_from",
 )  # fmt: skip
 """Dotted names (and their sub-fields) that may change when a run resumes: they do not change what is learned
 (init_from only starts a new run)."""
@@ -124,7 +126,16 @@ class DataConfig:
     """Which frame of its clip an image sample is: "any" (drawn uniformly), or "first", frame 0, the image a
     model sampling text-to-video frame 0 first (`SamplingSettings.image_first`) must make: where it starts."""
     cache: bool = False
-    """Cache VAE latents (and a frozen text encoder's embeddings) under DIR/cache so later epochs skip the encoders."""
+    """Streaming only: cache VAE latents (and a frozen text encoder's embeddings) under DIR/cache so later epochs
+    skip the encoders."""
+    store: str = "auto"
+    """Diffusion stage: "memory" encodes the whole training set once into tensors on the training device and draws
+    batches from them by index (`kinema.train.store`: no DataLoader, no per-step copies); "stream" loads and encodes
+    each batch as it comes (DataLoader workers, `cache`); "auto" picks memory when it fits a quarter of the
+    device's free memory, and says which."""
+    store_dir: str | None = None
+    """Where the latent store is saved for later runs with the same VAE and data; None: $KINEMA_CACHE/latents,
+    else ~/.cache/kinema/latents. "" keeps it in memory only."""
 
     def __post_init__(self) -> None:
         _check(self.size >= 8, f"data.size must be >= 8, got {self.size}")
@@ -135,6 +146,7 @@ class DataConfig:
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
         _check(0 <= self.image_ratio <= 1, f"data.image_ratio must be in [0, 1], got {self.image_ratio}")
         _check(self.image_mode in IMAGE_MODES, f"data.image_mode must be one of {IMAGE_MODES}, got {self.image_mode!r}")
+        _check(self.store in STORES, f"data.store must be one of {STORES}, got {self.store!r}")
         _check(self.image_frame in IMAGE_FRAMES, f"data.image_frame must be one of {IMAGE_FRAMES}, got {self.image_frame!r}")
 
 

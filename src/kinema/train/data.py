@@ -6,9 +6,10 @@ accumulation micro-steps, so a resumed run restarts at its step without reading
 (or decoding) the samples it skips. Each rank takes every `world`-th sample of a
 micro-step's share of the batch: its own shard.
 
-Every random draw a step makes for one sample (noise, sigma, conditioning mask,
-caption dropout) comes from a generator seeded by (seed, the sample's position in
-the run), so it too does not depend on how the batch is split over ranks.
+Every random draw of a step (noise, sigma, conditioning mask, caption dropout) is
+made at once for the step's whole global batch, on the device, from generators
+seeded by (seed, step, what is drawn) (`StepRandom`); a sample takes the row of its
+slot in the batch, so its draws do not depend on how the batch is split over ranks.
 
 Joint image and video training: an image is one frame of a clip, a one-frame
 video (any frame, or with `image_frame="first"` frame 0). With `image_ratio` r,
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, NamedTuple
+import zlib
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -56,7 +58,7 @@ class Pick(NamedTuple):
     index: int
     frame: int
     position: int
-    """The sample's position in the run (step * batch_size + slot): it seeds the sample's randomness."""
+    """The sample's position in the run, step * batch_size + slot: the slot picks its rows of the step's draws."""
 
 
 @functools.lru_cache(maxsize=2)
@@ -64,7 +66,7 @@ def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
 
 
-def plan_step(
+def plan_tensors(
     step: int,
     *,
     n: int,
@@ -74,11 +76,13 @@ def plan_step(
     image_mode: str = "mixed",
     image_frame: str = "any",
     frames: int = 1,
-) -> list[Pick]:
-    """The global batch of optimiser step `step` (epochs of `n // batch_size` steps, last partial batch dropped)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of optimiser step `step` as (index (B,), frame (B,)) int64 CPU tensors: dataset indices,
+    and for each sample the frame it takes as an image, -1 for the whole clip. Epochs of `n // batch_size` steps,
+    the last partial batch dropped."""
     per_epoch = n // batch_size
     epoch, k = divmod(step, per_epoch)
-    order = _epoch_order(seed, epoch, n)[k * batch_size : (k + 1) * batch_size].tolist()
+    index = _epoch_order(seed, epoch, n)[k * batch_size : (k + 1) * batch_size]
     g = torch.Generator().manual_seed(mix_seed(seed, step, 1))
     is_image = torch.zeros(batch_size, dtype=torch.bool)
     if image_ratio > 0:
@@ -89,10 +93,14 @@ def plan_step(
     frame = torch.randint(frames, (batch_size,), generator=g)  # drawn either way: the same plan otherwise
     if image_frame == "first":
         frame.zero_()
-    return [
-        Pick(index, int(frame[slot]) if is_image[slot] else -1, step * batch_size + slot)
-        for slot, index in enumerate(order)
-    ]
+    return index, torch.where(is_image, frame, -1)
+
+
+def plan_step(step: int, **plan: Any) -> list[Pick]:
+    """The global batch of optimiser step `step` as Picks (`plan_tensors`' arguments)."""
+    index, frame = plan_tensors(step, **plan)
+    first = step * plan["batch_size"]
+    return [Pick(i, f, first + slot) for slot, (i, f) in enumerate(zip(index.tolist(), frame.tolist()))]
 
 
 def micro_batch(picks: list[Pick], *, rank: int, world: int, micro: int, accum: int) -> list[Pick]:
@@ -197,29 +205,58 @@ def loader(items: Items, sampler: StepBatches, *, num_workers: int, pin_memory: 
     )
 
 
-class SampleRandom:
-    """Random draws for a group of samples, each row from its own generator seeded by (seed, position).
+class StepRandom:
+    """The random draws of one optimiser step, each made once for the step's whole global batch, on the device.
 
-    positions: (b,) int64, the samples' positions in the run. Draws come back stacked (b, ...).
+    A draw is named ("noise", "sigma", ...) and made for all `batch_size` slots of the step from a generator
+    seeded by (seed, step, name, shape); a group of samples takes its rows (`rows`). So a sample draws the same
+    numbers whichever rank, micro-step or group it lands in, a resumed run draws what the straight run drew,
+    and no draw is a per-sample Python loop.
     """
 
-    def __init__(self, seed: int, positions: torch.Tensor, device: torch.device | str = "cpu") -> None:
+    def __init__(self, seed: int, step: int, batch_size: int, device: torch.device | str = "cpu") -> None:
+        self.seed, self.step, self.batch_size = seed, step, batch_size
         self.device = torch.device(device)
-        self.seed = seed
-        self.positions = positions.tolist()
-        self.generators = [torch.Generator(self.device).manual_seed(mix_seed(seed, p, 2)) for p in self.positions]
+        self._drawn: dict[tuple, torch.Tensor] = {}
 
-    def __len__(self) -> int:
-        return len(self.generators)
+    def generator(self, name: str, *key: int) -> torch.Generator:
+        """A generator of its own for draw `name` (and any integers that tell its draws apart)."""
+        return torch.Generator(self.device).manual_seed(mix_seed(self.seed, self.step, _name_id(name), *key))
 
-    def group_generator(self) -> torch.Generator:
-        """One generator for draws an API makes for the whole group at once (seeded by all its positions)."""
-        return torch.Generator(self.device).manual_seed(mix_seed(self.seed, *self.positions, 3))
+    def draw(self, name: str, make: Callable[[int, torch.Generator], torch.Tensor], *key: int) -> torch.Tensor:
+        """make(batch_size, generator) -> (batch_size, ...), made once per (name, key) in this step."""
+        if (name, *key) not in self._drawn:
+            self._drawn[(name, *key)] = make(self.batch_size, self.generator(name, *key))
+        return self._drawn[(name, *key)]
 
-    def randn(self, *shape: int) -> torch.Tensor:
+    def rows(self, slots: torch.Tensor) -> GroupRandom:
+        """The draws of the samples at `slots` (b,) (their places in the global batch)."""
+        return GroupRandom(self, slots.to(self.device))
+
+
+class GroupRandom(NamedTuple):
+    """A group's rows of a step's draws; every method returns (b, ...) with row i for sample `slots[i]`."""
+
+    step: StepRandom
+    slots: torch.Tensor
+
+    def draw(self, name: str, make: Callable[[int, torch.Generator], torch.Tensor], *key: int) -> torch.Tensor:
+        return self.step.draw(name, make, *key)[self.slots]
+
+    def randn(self, name: str, *shape: int) -> torch.Tensor:
         """(b, *shape) standard normal, fp32."""
-        return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in self.generators])
+        device = self.step.device
+        return self.draw(name, lambda n, g: torch.randn((n, *shape), generator=g, device=device), *shape)
 
-    def rand(self, *shape: int) -> torch.Tensor:
+    def rand(self, name: str, *shape: int) -> torch.Tensor:
         """(b, *shape) uniform in [0, 1), fp32."""
-        return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self.generators])
+        device = self.step.device
+        return self.draw(name, lambda n, g: torch.rand((n, *shape), generator=g, device=device), *shape)
+
+    def generator(self, name: str) -> torch.Generator:
+        """One generator for an API that draws for the whole group at once (seeded by the group's first slot)."""
+        return self.step.generator(name, int(self.slots[0]) if len(self.slots) else 0)
+
+
+def _name_id(name: str) -> int:
+    return zlib.crc32(name.encode())

@@ -157,6 +157,15 @@ def any_true(world: World, flag: bool) -> bool:
     return bool(t.item())
 
 
+def any_true_tensor(world: World, flag: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor, true when `flag` is true on any rank, left on the device (all ranks must call)."""
+    if not world.distributed:
+        return flag
+    t = flag.to(torch.float32).reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t[0] > 0
+
+
 def mean(world: World, value: torch.Tensor) -> torch.Tensor:
     """The mean of a tensor over ranks."""
     if not world.distributed:

@@ -30,11 +30,14 @@ class EMA:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average toward `model`'s weights (same architecture, unwrapped)."""
-        weight = 1.0 - self.current_decay()
+    def update(self, model: nn.Module, *, skip: torch.Tensor | None = None) -> None:
+        """Move the average toward `model`'s weights (same architecture, unwrapped); not where `skip` (a 0-dim
+        bool tensor, e.g. a non-finite step) is true, decided on the device without waiting for it."""
+        weight: float | torch.Tensor = 1.0 - self.current_decay()
         ema_params = list(self.model.parameters())
         params = [p.detach().float() for p in model.parameters()]
+        if skip is not None:
+            weight = torch.where(skip, 0.0, weight).to(ema_params[0].device)
         torch._foreach_lerp_(ema_params, params, weight)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from kinema import precision as precisions
 from kinema.errors import KinemaError
 from kinema.train.config import TrainConfig
-from kinema.train.data import Items, Pick, SampleRandom, collate, dataset_for
+from kinema.train.data import Items, Pick, StepRandom, collate, dataset_for
 from kinema.train.stages import STAGES
 
 
@@ -72,9 +72,8 @@ def estimate(config: TrainConfig, *, world_size: int = 1, probe: int = 1, datase
         prepare_flops = counter.get_total_flops() if count else 0
         with count_flops() if count else contextlib.nullcontext() as counter:
             with autocast:
-                loss = stage.step(
-                    model, frozen, prepared, SampleRandom(config.seed, group["position"], device), config
-                )["loss"]
+                draws = StepRandom(config.seed, 0, probe, device).rows(group["position"])
+                loss = stage.step(model, frozen, prepared, draws, config)["loss"]
             loss.backward()
         train_flops = counter.get_total_flops() if count else 0
         if device.type == "cuda":

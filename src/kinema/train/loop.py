@@ -42,12 +42,14 @@ from kinema.train.config import (
     learned_hash,
     resume_conflicts,
 )
-from kinema.train.data import Items, SampleRandom, StepBatches, dataset_for, loader, log
+from kinema.train.data import Items, StepBatches, StepRandom, dataset_for, loader, log
 from kinema.train.distributed import World
 from kinema.train.ema import EMA
 from kinema.train.observe import Meter, Observer, peak_memory_mb
 from kinema.train.schedule import lr_at, set_lr
-from kinema.train.stages import STAGES, vae_folder, write_pipeline
+from kinema.train.stages import STAGES, Stage, vae_folder, write_pipeline
+from kinema.train.store import micro_batches as store_batches
+from kinema.train.store import open_store
 from kinema.train.undo import RunFolder, undo_failed_run
 
 
@@ -132,7 +134,8 @@ def _train(
         if changed:
             raise KinemaError(
                 f"cannot resume from {start}: the config changed in {', '.join(changed)}. Only steps, log.*, "
-                "sample.*, checkpoint.every, checkpoint.keep, data.num_workers and diffusion.init_from may change on resume; "
+                "sample.*, checkpoint.every, checkpoint.keep, data.num_workers, data.store, data.store_dir and "
+                "diffusion.init_from may change on resume; "
                 "restore the others, use a new --out, or change them on purpose with --allow-change NAME"
             )
     micro_size, rest = divmod(d.batch_size, world.size * o.grad_accum)
@@ -202,6 +205,7 @@ def _train(
             _record_changes(out_dir, step, state["config"], config, deliberate)
 
     # ---- data ------------------------------------------------------------------------------------------------
+    given = dataset is not None
     if dataset is None:
         dataset = dataset_for(config)
     n = len(dataset)  # type: ignore[arg-type]
@@ -213,8 +217,17 @@ def _train(
     steps_per_epoch = n // d.batch_size
     plan = dict(n=n, batch_size=d.batch_size, seed=config.seed, frames=d.frames)
     plan.update(image_ratio=d.image_ratio, image_mode=d.image_mode, image_frame=d.image_frame)
+    store = None
+    if config.stage == "diffusion" and d.store != "stream":
+        # the whole set encoded once into tensors on the device; None when it does not fit (and said so)
+        store = open_store(
+            config, dataset, frozen, model, stage.prepare, device, autocast,
+            meta=None if given else cache_meta(config, precision), world=world,
+        )  # fmt: skip
+        if store is not None and state is None:
+            counters["skipped_samples"] = int((~store.valid).sum())
     cache = None
-    if d.cache and config.stage == "diffusion":
+    if store is None and d.cache and config.stage == "diffusion":
         if world.is_main:
             LatentCache.prepare(out_dir / "cache", cache_meta(config, precision))
         distributed.barrier(world)
@@ -264,16 +277,23 @@ def _train(
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     stopped_by = None
+    # Device-side tallies, read only every log interval, so that a step never waits for the device.
+    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+    nonfinite_run = torch.full((), counters["nonfinite_run"], dtype=torch.int64, device=device)
     try:
         while step < config.steps and stopped_by is None:
-            # one DataLoader per epoch (the cache's index is re-read between epochs)
             epoch_end = min(config.steps, (step // steps_per_epoch + 1) * steps_per_epoch)
-            if cache is not None:
-                cache.flush()
-                distributed.barrier(world)
-                cache.refresh()
-            sampler = StepBatches(step, epoch_end, rank=world.rank, world=world.size, accum=o.grad_accum, **plan)
-            batches = iter(loader(items, sampler, num_workers=d.num_workers, pin_memory=device.type == "cuda"))
+            shard = dict(rank=world.rank, world=world.size, accum=o.grad_accum, **plan)
+            if store is not None:
+                batches = store_batches(store, step, epoch_end, **shard)
+            else:  # one DataLoader per epoch (the cache's index is re-read between epochs)
+                if cache is not None:
+                    cache.flush()
+                    distributed.barrier(world)
+                    cache.refresh()
+                sampler = StepBatches(step, epoch_end, **shard)
+                loaded = loader(items, sampler, num_workers=d.num_workers, pin_memory=device.type == "cuda")
+                batches = streamed(loaded, stage, frozen, config, device, autocast, cache)
 
             while step < epoch_end and stopped_by is None:
                 lr = lr_at(
@@ -285,22 +305,14 @@ def _train(
                     min_lr_ratio=o.min_lr_ratio,
                 )
                 set_lr(optimizer, lr)
+                draws = StepRandom(config.seed, step, d.batch_size, device)
                 losses: dict[str, torch.Tensor] = {}
                 samples = 0
                 for micro in range(o.grad_accum):
                     batch = next(batches)
                     for error in batch["errors"]:
                         log.warning("step %d, rank %d: skipped an unreadable sample (%s)", step, world.rank, error)
-                    groups = []
-                    for group in batch["groups"]:
-                        group = to_device(group, device)
-                        encoded = "video" in group
-                        with autocast():
-                            group = stage.prepare(frozen, group, config)
-                        if cache is not None and encoded:
-                            text = group.get("text"), group.get("text_mask")
-                            cache.add(group["key"], group["caption"], group["latents"], *text)
-                        groups.append(group)
+                    groups = batch["groups"]
                     if not groups:
                         raise KinemaError(
                             f"step {step}: every sample of rank {world.rank}'s micro-batch was unreadable; "
@@ -312,49 +324,52 @@ def _train(
                     counters["skipped_samples"] += errors
                     for k in range(passes):
                         group = groups[min(k, len(groups) - 1)]
-                        weight = len(group["key"]) / (micro_size * o.grad_accum) if k < len(groups) else 0.0
+                        weight = group["count"] / (micro_size * o.grad_accum) if k < len(groups) else 0.0
                         last = micro == o.grad_accum - 1 and k == passes - 1
                         with contextlib.nullcontext() if last else no_sync(trained):
                             with autocast():
-                                rand = SampleRandom(config.seed, group["position"], device)
-                                out = stage.step(forward, frozen, group, rand, config)
+                                out = stage.step(forward, frozen, group, draws.rows(group["slots"]), config)
                             (out["loss"] * weight).backward()
                         for key, value in out.items():
                             losses[key] = losses.get(key, 0.0) + value.detach().float() * weight
-                        samples += len(group["key"]) if k < len(groups) else 0
+                        samples += group["count"] if k < len(groups) else 0
 
-                # a non-finite loss or gradient skips the step; max_nonfinite of them in a row stop the run
+                # A non-finite loss or gradient skips the update (on the device: a fused AdamW reads `found_inf`
+                # as under a GradScaler); max_nonfinite of them in a row stop the run, checked at log intervals.
                 grad_norm = clip_grad_norm(trained, o.grad_clip)
-                bad = not (torch.isfinite(losses["loss"]) and torch.isfinite(grad_norm))
-                finite = not distributed.any_true(world, bad)
-                if finite:
-                    optimizer.step()
-                    ema.update(distributed.unwrap(trained))
-                    counters["nonfinite_run"] = 0
-                else:
-                    counters["nonfinite_steps"] += 1
-                    counters["nonfinite_run"] += 1
-                    if observer:
-                        observer.message(
-                            f"step {step}: non-finite loss or gradient (loss {losses['loss'].item()}, "
-                            f"grad norm {grad_norm.item()}); step skipped"
-                        )
-                    if counters["nonfinite_run"] >= o.max_nonfinite:
-                        raise NonFiniteError(
-                            f"step {step}: {counters['nonfinite_run']} steps in a row had a non-finite loss or "
-                            "gradient, so the run stops. Resume from the last checkpoint with a lower optim.lr, "
-                            "optim.grad_clip > 0, or precision=fp32"
-                        )
+                bad = ~(torch.isfinite(losses["loss"]) & torch.isfinite(grad_norm))
+                if world.distributed:
+                    bad = distributed.any_true_tensor(world, bad)
+                optimizer_step(optimizer, bad, distributed_run=world.distributed)
+                ema.update(distributed.unwrap(trained), skip=bad)
+                nonfinite += bad
+                nonfinite_run = (nonfinite_run + 1) * bad
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
 
                 # observe
-                meter.add({k: v.item() for k, v in losses.items()} if finite else None, samples * world.size)
+                meter.add(losses, bad, samples * world.size)
+                logging_now = step % config.log.every == 0 or step == config.steps
                 if observer:
-                    observer.progress(losses["loss"].item(), meter.samples_per_s())
-                if step % config.log.every == 0 or step == config.steps:
+                    observer.progress(meter.last_loss() if logging_now else None, meter.samples_per_s())
+                if logging_now:
+                    skipped = int(nonfinite)
+                    nonfinite.zero_()
+                    counters["nonfinite_steps"] += skipped
+                    counters["nonfinite_run"] = int(nonfinite_run)
+                    if skipped and observer:
+                        observer.message(
+                            f"step {step - 1}: {skipped} of the last {config.log.every} steps had a non-finite loss "
+                            "or gradient and were skipped"
+                        )
+                    if counters["nonfinite_run"] >= o.max_nonfinite:
+                        raise NonFiniteError(
+                            f"step {step - 1}: {counters['nonfinite_run']} steps in a row had a non-finite loss or "
+                            "gradient, so the run stops. Resume from the last checkpoint with a lower optim.lr, "
+                            "optim.grad_clip > 0, or precision=fp32"
+                        )
                     row = {"step": step, **mean_over_ranks(world, meter.read())}
-                    row.update(lr=lr, grad_norm=grad_norm.item(), peak_memory_mb=peak_memory_mb(device), **counters)
+                    row.update(lr=lr, grad_norm=float(grad_norm), peak_memory_mb=peak_memory_mb(device), **counters)
                     if observer:
                         observer.write(row)
                         if step % config.log.plot_every == 0 or step == config.steps:
@@ -364,6 +379,9 @@ def _train(
                 if config.sample.every and step % config.sample.every == 0:
                     preview(step)
                 if step % config.checkpoint.every == 0 or step == config.steps or stopped_by is not None:
+                    counters["nonfinite_steps"] += int(nonfinite)
+                    nonfinite.zero_()
+                    counters["nonfinite_run"] = int(nonfinite_run)
                     save(step)
             del batches
     finally:
@@ -479,14 +497,50 @@ def signal_on_any_rank(world: World, caught: list[int]) -> int | None:
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """The global gradient norm (clipping to max_norm when > 0); inf or nan when a gradient is not finite."""
+    """The global gradient norm (clipping to max_norm when > 0), a 0-dim fp32 tensor on the model's device;
+    inf or nan when a gradient is not finite."""
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return torch.zeros(())
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
         norm = norm.full_tensor()
-    return norm.detach().float().cpu()
+    return norm.detach().float()
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor, *, distributed_run: bool) -> None:
+    """Update the weights unless `bad` (0-dim bool). A fused AdamW skips on the device, reading `found_inf`
+    as it does under a GradScaler, so the step never waits for the device; the others ask it."""
+    if optimizer.defaults.get("fused") and not distributed_run:  # FSDP2's DTensors: keep the plain path
+        optimizer.found_inf = bad.float()
+        optimizer.step()
+    elif not bool(bad):
+        optimizer.step()
+
+
+def streamed(
+    batches: Any,
+    stage: Stage,
+    frozen: dict[str, nn.Module],
+    config: TrainConfig,
+    device: torch.device,
+    autocast: Any,
+    cache: LatentCache | None,
+) -> Any:
+    """The DataLoader's micro-batches made ready for a step: on the device, encoded by the stage's `prepare`
+    (newly encoded latents queued in the disk cache), each group with its "slots" in the batch and its "count"."""
+    for batch in batches:
+        groups = []
+        for group in batch["groups"]:
+            group = to_device(group, device)
+            encoded = "video" in group
+            with autocast():
+                group = stage.prepare(frozen, group, config)
+            if cache is not None and encoded:
+                cache.add(group["key"], group["caption"], group["latents"], group.get("text"), group.get("text_mask"))
+            group.update(slots=group["position"] % config.data.batch_size, count=len(group["key"]))
+            groups.append(group)
+        yield {"groups": groups, "errors": batch["errors"]}
 
 
 DRAWING_ONLY = ("batch_size", "num_workers", "cache", "image_ratio", "image_mode", "image_frame")

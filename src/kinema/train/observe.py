@@ -47,31 +47,40 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 class Meter:
-    """Sums of a log interval's losses, steps and samples; `read` gives the means and starts a new interval."""
+    """Sums of a log interval's losses, steps and samples; `read` gives the means and starts a new interval.
+
+    Losses are summed as tensors on their device: only `read` and `last_loss` wait for the device.
+    """
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.steps = self.finite_steps = self.samples = 0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.finite_steps: torch.Tensor | int = 0
+        self.steps = self.samples = 0
+        self.last: torch.Tensor | None = None
         self.started = time.perf_counter()
 
-    def add(self, losses: dict[str, float] | None, samples: int) -> None:
-        """One step: its losses (None when the step was skipped as non-finite) and the samples it used."""
+    def add(self, losses: dict[str, torch.Tensor], bad: torch.Tensor, samples: int) -> None:
+        """One step: its losses, whether it was skipped as non-finite (0-dim bool), the samples it used."""
         self.steps += 1
         self.samples += samples
-        if losses is not None:
-            self.finite_steps += 1
-            for key, value in losses.items():
-                self.sums[key] = self.sums.get(key, 0.0) + value
+        self.finite_steps = self.finite_steps + (~bad).long()
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + torch.where(bad, 0.0, value)
+        self.last = losses["loss"]
 
     def samples_per_s(self) -> float:
         return self.samples / max(time.perf_counter() - self.started, 1e-9)
 
+    def last_loss(self) -> float:
+        return float(self.last) if self.last is not None else math.nan
+
     def read(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        row = {k: v / max(self.finite_steps, 1) for k, v in self.sums.items()}
+        finite = max(int(self.finite_steps), 1)
+        row = {k: float(v) / finite for k, v in self.sums.items()}
         row.update(steps_per_s=self.steps / elapsed, samples_per_s=self.samples / elapsed)
         self.reset()
         return row
@@ -97,10 +106,12 @@ class Observer:
             except ImportError:  # tensorboard is optional
                 self.tb = None
 
-    def progress(self, loss: float, samples_per_s: float) -> None:
-        """One step done: the bar shows step, loss, it/s, samples/s and the ETA."""
+    def progress(self, loss: float | None, samples_per_s: float) -> None:
+        """One step done: the bar shows step, it/s, samples/s, the ETA and the loss (given at log intervals,
+        so that showing it does not make every step wait for the device)."""
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4g}", samples_s=f"{samples_per_s:.1f}", refresh=False)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4g}", samples_s=f"{samples_per_s:.1f}", refresh=False)
             self.bar.update(1)
 
     def write(self, row: dict[str, Any]) -> None:

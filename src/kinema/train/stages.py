@@ -31,7 +31,7 @@ from kinema.models.checkpoint import load_model, save_model
 from kinema.precision import autocast
 from kinema.precision import resolve as resolve_precision
 from kinema.train.config import TrainConfig
-from kinema.train.data import SampleRandom
+from kinema.train.data import GroupRandom
 from kinema.train.observe import side_by_side, write_clip
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class Stage(NamedTuple):
     """config -> (the trained module, the frozen modules by name), on the CPU, weights from torch's global RNG."""
     prepare: Callable[[Frozen, Group, TrainConfig], Group]
     """A group's inputs turned into what `step` needs, without gradients."""
-    step: Callable[[nn.Module, Frozen, Group, SampleRandom, TrainConfig], dict[str, torch.Tensor]]
+    step: Callable[[nn.Module, Frozen, Group, GroupRandom, TrainConfig], dict[str, torch.Tensor]]
     """The losses of one group; "loss" is the one trained."""
     preview: Callable[[nn.Module, Frozen, TrainConfig, Any, Path], None]
     """Write sample clips of the (EMA) trained module next to a path prefix (given the dataset)."""
@@ -71,13 +71,13 @@ def prepare_vae(frozen: Frozen, group: Group, config: TrainConfig) -> Group:
 
 
 def vae_step(
-    model: nn.Module, frozen: Frozen, group: Group, rand: SampleRandom, config: TrainConfig
+    model: nn.Module, frozen: Frozen, group: Group, rand: GroupRandom, config: TrainConfig
 ) -> dict[str, torch.Tensor]:
     """Reconstruction + KL of clips x: (b, 3, T, H, W), the decoder seeing a posterior sample."""
     from kinema.models.vae_loss import vae_loss
 
     x = group["video"]
-    recon, mean, logvar = model(x, generator=rand.group_generator())
+    recon, mean, logvar = model(x, generator=rand.generator("posterior"))
     return vae_loss(x, recon, mean, logvar, weights=config.vae_loss)
 
 
@@ -246,26 +246,27 @@ def prepare_diffusion(frozen: Frozen, group: Group, config: TrainConfig) -> Grou
 
 
 def diffusion_step(
-    model: nn.Module, frozen: Frozen, group: Group, rand: SampleRandom, config: TrainConfig
+    model: nn.Module, frozen: Frozen, group: Group, rand: GroupRandom, config: TrainConfig
 ) -> dict[str, torch.Tensor]:
     """Weighted MSE between the network's output and the process's target over the latent positions the
     sampled conditioning leaves unknown (latent frame 0 weighted by diffusion.first_frame_weight); known
-    positions are shown clean and carry no loss."""
-    from kinema.diffusion import Conditioning, channels, paste_known, sample_conditioning
+    positions are shown clean and carry no loss. Every draw is batched on the latents' device."""
+    from kinema.diffusion import Conditioning, channels, paste_known, sample_known_mask
 
     d = config.diffusion
     process = d.process
     x0 = group["latents"]  # (b, c, t, h, w)
-    sigma = torch.cat([process.sample_training_sigmas(1, generator=g, device=x0.device) for g in rand.generators])
-    eps = rand.randn(*x0.shape[1:]).to(x0.device)
-    conds = [sample_conditioning(x0[i : i + 1], d.conditioning, generator=g) for i, g in enumerate(rand.generators)]
-    cond = Conditioning(latents=torch.cat([c.latents for c in conds]), mask=torch.cat([c.mask for c in conds]))
-    drop = (rand.rand(1)[:, 0] < d.text_dropout).tolist()
+    _, c, t, h, w = x0.shape
+    sigma = rand.draw("sigma", lambda n, g: process.sample_training_sigmas(n, generator=g, device=x0.device))
+    eps = rand.randn("noise", c, t, h, w)
+    mask = rand.draw("known", lambda n, g: sample_known_mask(n, t, h, w, d.conditioning, generator=g), t, h, w)
+    cond = Conditioning(latents=x0 * mask, mask=mask)
+    drop = rand.rand("text_dropout") < d.text_dropout if d.text_dropout > 0 else None  # (b,) bool
 
     x_t = paste_known(process.add_noise(x0, eps, sigma), cond)
     context, context_mask = text_inputs(model, frozen, group, drop)
     out = model(torch.cat([x_t, channels(cond)], 1), process.timestep(sigma).float(), context, context_mask)
-    weight = (1 - cond.mask).expand_as(x0) * frame_weights(x0.shape[2], d.first_frame_weight, x0.device)
+    weight = (1 - cond.mask).expand_as(x0) * frame_weights(t, d.first_frame_weight, x0.device)
     err = (out.float() - process.target(x0, eps, sigma).float()) ** 2 * weight
     per_sample = err.flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
     return {"loss": (process.loss_weight(sigma).float() * per_sample).mean(), "mse": per_sample.mean().detach()}
@@ -278,28 +279,39 @@ def frame_weights(frames: int, first: float, device: torch.device) -> torch.Tens
     return weights.view(1, 1, frames, 1, 1)
 
 
-def text_inputs(model: nn.Module, frozen: Frozen, group: Group, drop: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+def text_inputs(
+    model: nn.Module, frozen: Frozen, group: Group, drop: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(context, context_mask) for the model: byte ids when it trains its text encoder, else frozen tokens.
 
-    Samples with drop[i] get the empty caption "" (the unconditional input of classifier-free guidance).
+    Rows where drop (b,) bool (None: no row) is True get the empty caption "" (the unconditional input of classifier-free
+    guidance), chosen on the device. The group holds the ids ("ids", "ids_mask") or the frozen encoder's tokens
+    ("text", "text_mask") when they were made beforehand (the latent store, the cache), else its "caption"s.
     """
     from kinema.models.text import pad_tokens
 
     inner = getattr(model, "module", model)
     device = group["latents"].device
     if inner.text_encoder is not None:
-        ids, mask = inner.text_encoder.tokenizer(["" if dropped else c for c, dropped in zip(group["caption"], drop)])
-        return ids.to(device), mask.to(device)
-    tokens, mask = group["text"], group["text_mask"]
-    if any(drop):
+        tokenizer = inner.text_encoder.tokenizer
+        if "ids" in group:
+            given, given_mask = group["ids"], group["ids_mask"]
+        else:
+            given, given_mask = (t.to(device) for t in tokenizer(group["caption"]))
+        if drop is None:
+            return given, given_mask
+        empty, empty_mask = (t.to(device) for t in tokenizer([""]))
+    else:
+        given, given_mask = group["text"], group["text_mask"]
+        if drop is None:
+            return given, given_mask
         empty, empty_mask = frozen["text_encoder"].encode([""])
-        length = max(tokens.shape[1], empty.shape[1])
-        tokens, mask = pad_tokens(tokens, mask, length)
-        empty, empty_mask = pad_tokens(empty.to(device, tokens.dtype), empty_mask.to(device), length)
-        rows = torch.tensor(drop, device=device)
-        tokens = torch.where(rows[:, None, None], empty, tokens)
-        mask = torch.where(rows[:, None], empty_mask, mask)
-    return tokens, mask
+        empty, empty_mask = empty.to(device, given.dtype), empty_mask.to(device)
+    length = max(given.shape[1], empty.shape[1])
+    given, given_mask = pad_tokens(given, given_mask, length)
+    empty, empty_mask = pad_tokens(empty, empty_mask, length)
+    given = torch.where(drop.view(-1, *[1] * (given.ndim - 1)), empty, given)
+    return given, torch.where(drop[:, None], empty_mask, given_mask)
 
 
 def sampling_settings(config: TrainConfig) -> SamplingSettings:
