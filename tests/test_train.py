@@ -446,6 +446,28 @@ def test_latent_store_streaming_and_the_disk_cache_train_alike(vae_dir, tmp_path
     assert saved[0].stat().st_mtime_ns == mtime and losses(tmp_path / "again") == losses(tmp_path / "memory")
 
 
+def test_compile_trains_and_samples_like_eager(vae_dir, tmp_path):
+    """compile=true compiles each denoiser block (regional); the run matches eager and still previews and exports."""
+    sets = {"steps": 3, "sample.every": 3, "data.store": "memory", "data.store_dir": ""}
+    train(dit_debug(vae_dir, **sets), tmp_path / "eager")
+    result = train(dit_debug(vae_dir, **sets, compile=True), tmp_path / "compiled")
+    np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)
+    assert_same(weights(tmp_path / "eager", 3), weights(tmp_path / "compiled", 3), atol=1e-5)
+    assert list((tmp_path / "compiled" / "samples").glob("step-000003*.gif")) and result.pipeline is not None
+
+
+def test_the_latent_store_streams_when_it_does_not_fit_and_says_so(vae_dir, tmp_path, capsys, monkeypatch):
+    from kinema.train import store
+
+    monkeypatch.setattr(store, "BUDGET_FRACTION", 1e-12)
+    train(dit_debug(vae_dir, steps=1), tmp_path / "small")
+    out = capsys.readouterr().out
+    assert "data: streaming from the dataset: 16 samples need" in out and "does not fit" in out
+    monkeypatch.setattr(store, "BUDGET_FRACTION", 0.25)
+    train(dit_debug(vae_dir, steps=1), tmp_path / "fits")
+    assert "data: 16 samples in the latent store on cpu" in capsys.readouterr().out
+
+
 def test_auto_precision_trains_in_what_this_cpu_pays_for_and_records_it(vae_dir, tmp_path, capsys):
     from kinema.precision import resolve
 

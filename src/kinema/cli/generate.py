@@ -54,6 +54,7 @@ def generate(
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of the output (default: the model's, or the input clip's)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16 (autocast: faster on GPUs and CPUs with AVX-512 BF16 or AMX, much slower on others); default: the model's, auto for the shipped one: bf16 where it is native."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the denoiser's blocks: pays for long or many videos, costs compile time up front (seconds to minutes, again for each new size)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Generate a video from a prompt, an image, two keyframes, or an earlier clip; the flags pick the task."""
@@ -116,6 +117,8 @@ def generate(
     from kinema.pipelines.pipeline import Pipeline
 
     pipe = Pipeline.load(model, device=device, precision=precision)
+    if compile_:
+        pipe.compile()
     _warn_unfamiliar(pipe, prompts)
     common_args: dict[str, Any] = dict(
         num_inference_steps=steps, guidance_scale=guidance, guidance_interval=interval, shift=shift, sampler=sampler, seed=seed, num_videos=num, fps=fps,

@@ -46,6 +46,7 @@ from kinema.nn import (
     apply_rope,
     attention,
     modulate,
+    modulation_rows,
     rope_frequencies,
     split_modulation,
 )
@@ -182,7 +183,8 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, kind: str, grid: tuple[int, int, int]) -> torch.Tensor:
-        """kind: "full" (every token attends to every token) or a key of TOKEN_GROUPS; grid: the (T, H, W) tokens."""
+        """kind: "full" (every token attends to every token) or a key of TOKEN_GROUPS; grid: the (T, H, W) tokens;
+        rope: the 3D RoPE table, complex (L, head_dim // 2) or its real form (L, head_dim // 2, 2) (`apply_rope`)."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = (self._heads(t) for t in (self.norm_q(q), self.norm_k(k), v))  # (B, heads, L, head_dim)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
@@ -275,7 +277,7 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(2, dim) / dim**0.5)  # rows: shift, scale
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation.float() + temb.float()[:, None]).chunk(2, dim=1)  # (B, 1, dim) each
+        shift, scale = modulation_rows(self.modulation.float() + temb.float()[:, None])  # (B, 1, dim) each
         return self.linear(modulate(self.norm(x), shift, scale).to(self.linear.weight.dtype))
 
 
@@ -287,6 +289,8 @@ class DiT(nn.Module):
     """
 
     config_class = DiTConfig
+    repeated_blocks = (DiTBlock,)
+    """What `kinema.nn.compile_blocks` compiles."""
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
@@ -327,7 +331,8 @@ class DiT(nn.Module):
         c = self.config
         grid = self._check_inputs(x, timestep, context, context_mask)
         B = x.shape[0]
-        rope = rope_frequencies(c.head_dim, grid, theta=c.rope_theta, device=x.device)
+        # As (cos, sin) pairs: then a compiled block has no complex tensor (see kinema.nn.rope).
+        rope = rope_frequencies(c.head_dim, grid, theta=c.rope_theta, device=x.device, real=True)
 
         dtype = self.patch_embed.weight.dtype
         tokens = self.patch_embed(x.to(dtype)).flatten(2).transpose(1, 2).float().contiguous()  # (B, L, dim) fp32

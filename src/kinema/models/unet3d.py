@@ -290,7 +290,7 @@ class TemporalAttention(nn.Module):
     def forward(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:
         _, _, height, width = x.shape
         h = self.norm(rearrange(x, "(b t) c h w -> (b h w) t c", t=cond.frames))
-        rope = rope_frequencies_1d(self.attn.head_dim, cond.frames, theta=self.theta, device=x.device)
+        rope = rope_frequencies_1d(self.attn.head_dim, cond.frames, theta=self.theta, device=x.device, real=True)
         h = self.attn(h, h, rope=rope)
         return x + rearrange(h, "(b h w) t c -> (b t) c h w", h=height, w=width)
 
@@ -353,6 +353,8 @@ class UNet3D(nn.Module):
     """
 
     config_class = UNetConfig
+    repeated_blocks = (ResBlock, AttentionBlock)
+    """What `kinema.nn.compile_blocks` compiles: each level's blocks differ in shape, so the units are the layers."""
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()

@@ -206,6 +206,20 @@ class Pipeline:
         """The context the models run in: bf16 autocast when `precision` is "bf16", else nothing."""
         return precisions.autocast(self.precision, self.device)
 
+    def compile(self, **compile_kwargs: Any) -> Pipeline:
+        """`torch.compile` the denoiser's repeated blocks, in place (`kinema.nn.compile_blocks`); returns self.
+
+        Pays for long clips and many videos: each new size (frames, height, width, text length) compiles on
+        first use (seconds on a CPU for the shipped model, more for larger ones), and every later step runs the
+        compiled blocks. The VAE, the text
+        encoder and the denoiser's glue stay eager; the weights, the state dict and `model_hash` are unchanged.
+        compile_kwargs: `torch.compile` keywords (mode, backend, options, dynamic).
+        """
+        from kinema.nn import compile_blocks
+
+        compile_blocks(self.denoiser, **compile_kwargs)
+        return self
+
     # -- tasks
 
     @torch.no_grad()

@@ -321,7 +321,9 @@ class TrainConfig:
     deterministic: bool = False
     """Deterministic kernels (torch.use_deterministic_algorithms): bitwise-repeatable runs, slower."""
     compile: bool = False
-    """torch.compile the trained model."""
+    """torch.compile the trained model: for the diffusion stage each denoiser block on its own (regional: compile
+    time of one block, graphs shared by identical blocks), the VAE whole. Pays for long runs; costs a minute or
+    so of compiling before the first steps."""
     parallel: str = "ddp"
     """Under torchrun: "ddp" (replicated weights) or "fsdp" (FSDP2, sharded, for large denoisers on GPUs)."""
     vae: VAEConfig | None = None

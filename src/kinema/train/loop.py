@@ -177,7 +177,8 @@ def _train(
     if sharded:
         distributed.wrap(ema.model, world, parallel="fsdp", bf16=False)
     optimizer = make_optimizer(model, config, device)
-    forward = torch.compile(trained) if config.compile else trained
+    if config.compile:  # after the EMA's copy is made: previews sample eagerly
+        stage.compile(model)
     seed_everything(config.seed + 1 + world.rank)  # dropout and anything else drawn from the global generators
 
     # ---- restore ------------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ def _train(
                         last = micro == o.grad_accum - 1 and k == passes - 1
                         with contextlib.nullcontext() if last else no_sync(trained):
                             with autocast():
-                                out = stage.step(forward, frozen, group, draws.rows(group["slots"]), config)
+                                out = stage.step(trained, frozen, group, draws.rows(group["slots"]), config)
                             (out["loss"] * weight).backward()
                         for key, value in out.items():
                             losses[key] = losses.get(key, 0.0) + value.detach().float() * weight

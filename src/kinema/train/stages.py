@@ -55,6 +55,8 @@ class Stage(NamedTuple):
     """Write the pipeline directory's models and pipeline.json from the (EMA) trained module."""
     init: Callable[[nn.Module, Frozen, TrainConfig], None] = lambda model, frozen, config: None
     """Start a new run's weights from saved ones (fine-tuning); not called on resume."""
+    compile: Callable[[nn.Module], None] = lambda model: model.compile()
+    """torch.compile the trained module in place (`compile=true`)."""
 
 
 # ---------------------------------------------------------------------------------------------- vae
@@ -389,9 +391,18 @@ def write_pipeline(stage: Stage, model: nn.Module, frozen: Frozen, config: Train
     return final
 
 
+def compile_diffusion(model: nn.Module) -> None:
+    """Each repeated block of the denoiser compiled on its own (`kinema.nn.compile_blocks`): identical blocks
+    share one graph, so compile time does not grow with depth; the text encoder stays eager."""
+    from kinema.nn import compile_blocks
+
+    compile_blocks(model.denoiser)
+
+
 STAGES: dict[str, Stage] = {
     "vae": Stage(build_vae, prepare_vae, vae_step, preview_vae, export_vae),
     "diffusion": Stage(
-        build_diffusion, prepare_diffusion, diffusion_step, preview_diffusion, export_diffusion, init_diffusion
+        build_diffusion, prepare_diffusion, diffusion_step, preview_diffusion, export_diffusion, init_diffusion,
+        compile_diffusion,
     ),
 }
