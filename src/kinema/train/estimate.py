@@ -3,7 +3,8 @@
 FLOPs are counted by torch's FlopCounterMode over one real sample's forward and
 backward (matmuls, convolutions, attention), so every model is counted the same
 way. The time is measured: two training passes of a `probe`-sample micro-batch
-on this machine (the first warms up), scaled to the per-rank samples of a step.
+on this machine (the first warms up), scaled to the per-rank samples of a step; with
+the latent store (`data.store` not "stream"), without the encoding, done once before step 1.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def estimate(config: TrainConfig, *, world_size: int = 1, probe: int = 1, datase
     precision = precisions.resolve(config.precision, device)
     autocast = precisions.autocast(precision, device)
 
+    stored = config.stage == "diffusion" and config.data.store != "stream"
+
     def one_pass(count: bool) -> tuple[int, int, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -70,6 +73,10 @@ def estimate(config: TrainConfig, *, world_size: int = 1, probe: int = 1, datase
         with count_flops() if count else contextlib.nullcontext() as counter, autocast:
             prepared = stage.prepare(frozen, group, config)
         prepare_flops = counter.get_total_flops() if count else 0
+        if stored:  # the latent store encodes the data once, before step 1: a step does not
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
         with count_flops() if count else contextlib.nullcontext() as counter:
             with autocast:
                 draws = StepRandom(config.seed, 0, probe, device).rows(group["position"])

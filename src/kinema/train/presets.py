@@ -106,8 +106,9 @@ def shapes_dit() -> TrainConfig:
     """The shipped shapes model: a ~4M-parameter DiT and a ~1.4M-parameter built-in text encoder trained
     with it, flow matching, on one- and two-object clips with every conditioning task mixed in.
 
-    40,000 steps of batch 16: about 0.85 s a step on a 2-core CPU with AVX-512 BF16,
-    in bf16 (about 10 hours; `precision` auto trains in fp32 on other CPUs, `--dry-run` measures it). The default
+    40,000 steps of batch 16: about 0.52 s a step on a 2-core CPU with AVX-512 BF16 and AMX, in bf16, from the
+    latent store (0.38 s with compile=true; about 6 hours; `precision` auto trains in fp32 on other CPUs,
+    `--dry-run` measures it; `benchmarks/train.py`). The default
     model's run was lengthened three times on resume: from 10,000 steps at step 3,095 (at 2,750 steps no clip
     was fully right), to 30,000 at step 10,475 (16% of clips fully right at 10,000) and to 40,000 at step
     30,000 (89% of train prompts fully right; the cosine schedule is recomputed for the new length, so the

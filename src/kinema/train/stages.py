@@ -281,36 +281,46 @@ def frame_weights(frames: int, first: float, device: torch.device) -> torch.Tens
     return weights.view(1, 1, frames, 1, 1)
 
 
+TEXT_BUCKET = 16
+"""Context lengths are padded (masked) up to a multiple of this: a batch's longest caption varies from step to
+step, and each new length would compile the blocks again under compile=true (past torch's recompile limit,
+running them eagerly). Padded keys are masked out, so the outputs do not change."""
+
+
 def text_inputs(
     model: nn.Module, frozen: Frozen, group: Group, drop: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(context, context_mask) for the model: byte ids when it trains its text encoder, else frozen tokens.
+    """(context, context_mask) for the model: byte ids when it trains its text encoder, else frozen tokens,
+    padded to a multiple of TEXT_BUCKET.
 
-    Rows where drop (b,) bool (None: no row) is True get the empty caption "" (the unconditional input of classifier-free
-    guidance), chosen on the device. The group holds the ids ("ids", "ids_mask") or the frozen encoder's tokens
-    ("text", "text_mask") when they were made beforehand (the latent store, the cache), else its "caption"s.
+    Rows where drop (b,) bool (None: no row) is True get the empty caption "" (the unconditional input of
+    classifier-free guidance), chosen on the device. The group holds the ids ("ids", "ids_mask") or the frozen
+    encoder's tokens ("text", "text_mask") when they were made beforehand (the latent store, the cache), else
+    its "caption"s.
     """
     from kinema.models.text import pad_tokens
 
     inner = getattr(model, "module", model)
     device = group["latents"].device
+    empty = empty_mask = None
     if inner.text_encoder is not None:
         tokenizer = inner.text_encoder.tokenizer
         if "ids" in group:
             given, given_mask = group["ids"], group["ids_mask"]
         else:
             given, given_mask = (t.to(device) for t in tokenizer(group["caption"]))
-        if drop is None:
-            return given, given_mask
-        empty, empty_mask = (t.to(device) for t in tokenizer([""]))
+        if drop is not None:
+            empty, empty_mask = (t.to(device) for t in tokenizer([""]))
     else:
         given, given_mask = group["text"], group["text_mask"]
-        if drop is None:
-            return given, given_mask
-        empty, empty_mask = frozen["text_encoder"].encode([""])
-        empty, empty_mask = empty.to(device, given.dtype), empty_mask.to(device)
-    length = max(given.shape[1], empty.shape[1])
+        if drop is not None:
+            empty, empty_mask = frozen["text_encoder"].encode([""])
+            empty, empty_mask = empty.to(device, given.dtype), empty_mask.to(device)
+    longest = max(given.shape[1], 0 if empty is None else empty.shape[1])
+    length = -(-longest // TEXT_BUCKET) * TEXT_BUCKET
     given, given_mask = pad_tokens(given, given_mask, length)
+    if drop is None:
+        return given, given_mask
     empty, empty_mask = pad_tokens(empty, empty_mask, length)
     given = torch.where(drop.view(-1, *[1] * (given.ndim - 1)), empty, given)
     return given, torch.where(drop[:, None], empty_mask, given_mask)

@@ -270,9 +270,12 @@ def prepare_store(
     """The run's store: loaded from data.store_dir when a store with the same key is saved there, else encoded
     (on rank 0, and saved for the other ranks and later runs; meta None: a dataset with no stable identity,
     encoded by every rank and not saved)."""
-    directory = default_dir() if config.data.store_dir is None else Path(config.data.store_dir) if config.data.store_dir else None
-    key = store_key(meta, config) if meta is not None else None
-    path = store_file(directory, key) if directory is not None and key is not None else None
+    where = config.data.store_dir
+    directory = default_dir() if where is None else Path(where) if where else None  # "": not saved
+    path = None
+    if directory is not None and meta is not None:
+        key = store_key(meta, config)
+        path = store_file(directory, key)
     if path is None:
         return encode(dataset, prepare, frozen, config, device, autocast, tokenizer=tokenizer, progress=is_main)
     if is_main and saved_key(path) != key:
