@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from kinema.atomic import atomic_write
-from kinema.train.data import Items, Pick, collate, loader, plan_tensors
+from kinema.train.data import Items, Pick, loader, plan_tensors
 
 log = logging.getLogger("kinema.train")
 
@@ -254,39 +254,6 @@ def _assemble(
     return LatentStore(stacked.to(device), None if stills is None else stills.to(device), padded.to(device), lengths, valid)
 
 
-def prepare_store(
-    dataset: Dataset,
-    prepare: Any,
-    frozen: dict[str, torch.nn.Module],
-    config: Any,
-    device: torch.device,
-    autocast: Any,
-    *,
-    meta: dict[str, Any] | None,
-    tokenizer: Any = None,
-    is_main: bool = True,
-    barrier: Any = lambda: None,
-) -> LatentStore:
-    """The run's store: loaded from data.store_dir when a store with the same key is saved there, else encoded
-    (on rank 0, and saved for the other ranks and later runs; meta None: a dataset with no stable identity,
-    encoded by every rank and not saved)."""
-    where = config.data.store_dir
-    directory = default_dir() if where is None else Path(where) if where else None  # "": not saved
-    path = None
-    if directory is not None and meta is not None:
-        key = store_key(meta, config)
-        path = store_file(directory, key)
-    if path is None:
-        return encode(dataset, prepare, frozen, config, device, autocast, tokenizer=tokenizer, progress=is_main)
-    if is_main and saved_key(path) != key:
-        started = time.perf_counter()
-        store = encode(dataset, prepare, frozen, config, device, autocast, tokenizer=tokenizer)
-        save(store, path, key)
-        log.info("latent store: encoded in %.0f s, saved to %s", time.perf_counter() - started, path)
-    barrier()
-    return load(path, device)
-
-
 def open_store(
     config: Any,
     dataset: Dataset,
@@ -317,10 +284,21 @@ def open_store(
             if world.is_main:
                 print(f"data: streaming from the dataset: {why} (data.store=memory keeps it anyway)", flush=True)
             return None
-    store = prepare_store(
-        dataset, prepare, frozen, config, device, autocast,
-        meta=meta, tokenizer=tokenizer, is_main=world.is_main, barrier=lambda: distributed.barrier(world),
-    )  # fmt: skip
+    # Loaded when a store with the same key is saved; else encoded on rank 0 and saved for the other ranks and
+    # later runs. meta None (a dataset with no stable identity) or data.store_dir "": encoded by every rank, not saved.
+    where = d.store_dir
+    directory = default_dir() if where is None else Path(where) if where else None
+    if directory is None or meta is None:
+        store = encode(dataset, prepare, frozen, config, device, autocast, tokenizer=tokenizer, progress=world.is_main)
+    else:
+        key = store_key(meta, config)
+        path = store_file(directory, key)
+        if world.is_main and saved_key(path) != key:
+            started = time.perf_counter()
+            save(encode(dataset, prepare, frozen, config, device, autocast, tokenizer=tokenizer), path, key)
+            print(f"data: encoded in {time.perf_counter() - started:.0f} s, saved to {path}", flush=True)
+        distributed.barrier(world)
+        store = load(path, device)
     if world.is_main:
         print(
             f"data: {int(store.valid.sum())} samples in the latent store on {device.type} "
