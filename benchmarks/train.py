@@ -203,17 +203,19 @@ def spawn(spec: dict, baseline_src: str | None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def wan_suite(peak_tflops: float) -> dict:
-    """Wan2.1-1.3B-shape train step (bf16 autocast): ours eager, ours compiled per block, diffusers eager."""
+def wan_suite(peak_tflops: float, *, device: str = "cuda", config=None, latent=(21, 30, 52), text: int = 512) -> dict:
+    """Wan2.1-1.3B-shape train step (bf16 autocast): ours eager, ours compiled per block, diffusers eager.
+
+    Default latent: 81 frames at 240x416, 8,190 tokens; `config`/`latent`/`text` shrink it for a CPU smoke test."""
     sys.path.insert(0, str(Path(__file__).parent))
     from denoisers import compare, make_inputs
 
     from kinema.models.dit import DiT, wan_1_3b
     from kinema.nn import compile_blocks
 
-    device = torch.device("cuda")
-    config = wan_1_3b()
-    inputs = make_inputs(config, 1, (21, 30, 52), 512, device)  # 81 frames at 240x416: 8,190 tokens
+    device = torch.device(device)
+    config = config or wan_1_3b()
+    inputs = make_inputs(config, 1, latent, text, device)
     torch.manual_seed(0)
     with device:
         ours = DiT(config)
