@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -113,7 +114,8 @@ def micro_batches(
 
 def fits(config: Any, n: int, latent_shape: tuple[int, ...], text_dim: int | None, device: torch.device) -> tuple[bool, str]:
     """Whether data.store="auto" keeps the encoded set in memory, and a line saying why."""
-    per_sample = 4 * _numel(latent_shape) * (1 + _image_frames(config))
+    clip = math.prod(latent_shape)  # (c, t, h, w); an image's latent is one latent frame of it
+    per_sample = 4 * (clip + _image_frames(config) * clip // latent_shape[-3])
     text_len = 128  # an upper bound on real captions; a store keeps the longest
     per_sample += 8 * text_len if text_dim is None else 4 * text_len * text_dim
     need = n * per_sample
@@ -122,13 +124,6 @@ def fits(config: Any, n: int, latent_shape: tuple[int, ...], text_dim: int | Non
     verdict = need <= budget
     words = "fits" if verdict else "does not fit"
     return verdict, f"{n} samples need ~{need / 2**20:,.0f} MiB, which {words} a quarter of {device.type}'s free {free / 2**30:,.1f} GiB"
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _image_frames(config: Any) -> int:
