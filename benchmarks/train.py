@@ -106,7 +106,7 @@ def run_end_to_end(preset: str, case: str, steps: int, workdir: Path) -> dict:
 def run_model_only(preset: str, compiled: bool, warmup: int, steps: int) -> dict:
     """The training step on one batch already on the device, repeated: what the loop would reach with free data."""
     from kinema import precision as precisions
-    from kinema.train.data import StepRandom, dataset_for
+    from kinema.train.data import StepRandom, dataset_for, plan_settings
     from kinema.train.distributed import World
     from kinema.train.ema import EMA
     from kinema.train.loop import cache_meta, clip_grad_norm, make_optimizer, optimizer_step
@@ -137,9 +137,7 @@ def run_model_only(preset: str, compiled: bool, warmup: int, steps: int) -> dict
         meta=cache_meta(config, precision), world=world,
     )  # fmt: skip
     d = config.data
-    plan = dict(n=d.length, batch_size=d.batch_size, seed=config.seed, frames=d.frames)
-    plan.update(image_ratio=d.image_ratio, image_mode=d.image_mode, image_frame=d.image_frame)
-    batch = next(micro_batches(store, 0, 1, rank=0, world=1, accum=1, **plan))
+    batch = next(micro_batches(store, 0, 1, rank=0, world=1, accum=1, **plan_settings(config, d.length)))
 
     def step(i: int) -> None:
         draws = StepRandom(config.seed, i, d.batch_size, device)
@@ -148,7 +146,7 @@ def run_model_only(preset: str, compiled: bool, warmup: int, steps: int) -> dict
                 out = stage.step(model, frozen, group, draws.rows(group["slots"]), config)
             (out["loss"] * group["count"] / d.batch_size).backward()
         bad = ~torch.isfinite(clip_grad_norm(model, config.optim.grad_clip))
-        optimizer_step(optimizer, bad, distributed_run=False)
+        optimizer_step(optimizer, bad, sharded=False)
         ema.update(model, skip=bad)
         optimizer.zero_grad(set_to_none=True)
 

@@ -96,6 +96,15 @@ def plan_tensors(
     return index, torch.where(is_image, frame, -1)
 
 
+def plan_settings(config: Any, n: int) -> dict[str, Any]:
+    """`plan_tensors`' keyword arguments for a TrainConfig over a dataset of `n` samples."""
+    d = config.data
+    return dict(
+        n=n, batch_size=d.batch_size, seed=config.seed, frames=d.frames,
+        image_ratio=d.image_ratio, image_mode=d.image_mode, image_frame=d.image_frame,
+    )  # fmt: skip
+
+
 def plan_step(step: int, **plan: Any) -> list[Pick]:
     """The global batch of optimiser step `step` as Picks (`plan_tensors`' arguments)."""
     index, frame = plan_tensors(step, **plan)

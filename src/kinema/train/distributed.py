@@ -152,9 +152,7 @@ def any_true(world: World, flag: bool) -> bool:
     """True when `flag` is true on any rank (all ranks must call)."""
     if not world.distributed:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=world.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(any_true_tensor(world, torch.tensor(flag, device=world.device)))
 
 
 def any_true_tensor(world: World, flag: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from kinema.train.config import (
     learned_hash,
     resume_conflicts,
 )
-from kinema.train.data import Items, StepBatches, StepRandom, dataset_for, loader, log
+from kinema.train.data import Items, StepBatches, StepRandom, dataset_for, loader, log, plan_settings
 from kinema.train.distributed import World
 from kinema.train.ema import EMA
 from kinema.train.observe import Meter, Observer, peak_memory_mb
@@ -216,8 +216,7 @@ def _train(
             "lower the batch size or add clips"
         )
     steps_per_epoch = n // d.batch_size
-    plan = dict(n=n, batch_size=d.batch_size, seed=config.seed, frames=d.frames)
-    plan.update(image_ratio=d.image_ratio, image_mode=d.image_mode, image_frame=d.image_frame)
+    plan = plan_settings(config, n)
     store = None
     if config.stage == "diffusion" and d.store != "stream":
         # the whole set encoded once into tensors on the device; None when it does not fit (and said so)
@@ -281,6 +280,15 @@ def _train(
     # Device-side tallies, read only every log interval, so that a step never waits for the device.
     nonfinite = torch.zeros((), dtype=torch.int64, device=device)
     nonfinite_run = torch.full((), counters["nonfinite_run"], dtype=torch.int64, device=device)
+
+    def settle_nonfinite() -> int:
+        """Move the device tallies into `counters` (waits for the device); the steps skipped since last time."""
+        skipped = int(nonfinite)
+        nonfinite.zero_()
+        counters["nonfinite_steps"] += skipped
+        counters["nonfinite_run"] = int(nonfinite_run)
+        return skipped
+
     try:
         while step < config.steps and stopped_by is None:
             epoch_end = min(config.steps, (step // steps_per_epoch + 1) * steps_per_epoch)
@@ -341,7 +349,7 @@ def _train(
                 bad = ~(torch.isfinite(losses["loss"]) & torch.isfinite(grad_norm))
                 if world.distributed:
                     bad = distributed.any_true_tensor(world, bad)
-                optimizer_step(optimizer, bad, distributed_run=world.distributed)
+                optimizer_step(optimizer, bad, sharded=sharded)
                 ema.update(distributed.unwrap(trained), skip=bad)
                 nonfinite += bad
                 nonfinite_run = (nonfinite_run + 1) * bad
@@ -354,10 +362,7 @@ def _train(
                 if observer:
                     observer.progress(meter.last_loss() if logging_now else None, meter.samples_per_s())
                 if logging_now:
-                    skipped = int(nonfinite)
-                    nonfinite.zero_()
-                    counters["nonfinite_steps"] += skipped
-                    counters["nonfinite_run"] = int(nonfinite_run)
+                    skipped = settle_nonfinite()
                     if skipped and observer:
                         observer.message(
                             f"step {step - 1}: {skipped} of the last {config.log.every} steps had a non-finite loss "
@@ -380,9 +385,7 @@ def _train(
                 if config.sample.every and step % config.sample.every == 0:
                     preview(step)
                 if step % config.checkpoint.every == 0 or step == config.steps or stopped_by is not None:
-                    counters["nonfinite_steps"] += int(nonfinite)
-                    nonfinite.zero_()
-                    counters["nonfinite_run"] = int(nonfinite_run)
+                    settle_nonfinite()
                     save(step)
             del batches
     finally:
@@ -509,10 +512,11 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm.detach().float()
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor, *, distributed_run: bool) -> None:
+def optimizer_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor, *, sharded: bool) -> None:
     """Update the weights unless `bad` (0-dim bool). A fused AdamW skips on the device, reading `found_inf`
-    as it does under a GradScaler, so the step never waits for the device; the others ask it."""
-    if optimizer.defaults.get("fused") and not distributed_run:  # FSDP2's DTensors: keep the plain path
+    as it does under a GradScaler, so the step never waits for the device; the others ask it (as does one
+    over FSDP2's sharded DTensor parameters)."""
+    if optimizer.defaults.get("fused") and not sharded:
         optimizer.found_inf = bad.float()
         optimizer.step()
     elif not bool(bad):
@@ -544,7 +548,7 @@ def streamed(
         yield {"groups": groups, "errors": batch["errors"]}
 
 
-DRAWING_ONLY = ("batch_size", "num_workers", "cache", "image_ratio", "image_mode", "image_frame")
+DRAWING_ONLY = ("batch_size", "num_workers", "cache", "store", "store_dir", "image_ratio", "image_mode", "image_frame")
 """Data fields that change which samples are drawn, not their latents: a cache outlives changes to them."""
 
 

@@ -288,12 +288,15 @@ def open_store(
     else:
         key = store_key(meta, config)
         path = store_file(directory, key)
+        store = None
         if world.is_main and saved_key(path) != key:
             started = time.perf_counter()
-            save(encode(dataset, prepare, frozen, config, device, autocast, tokenizer=tokenizer), path, key)
+            store = encode(dataset, prepare, frozen, config, device, autocast, tokenizer=tokenizer)
+            save(store, path, key)
             print(f"data: encoded in {time.perf_counter() - started:.0f} s, saved to {path}", flush=True)
         distributed.barrier(world)
-        store = load(path, device)
+        if store is None:  # saved by an earlier run, or by rank 0 for this one
+            store = load(path, device)
     if world.is_main:
         print(
             f"data: {int(store.valid.sum())} samples in the latent store on {device.type} "
