@@ -7,8 +7,8 @@ error can swap there: the shipped `shapes` VAE keeps blue, cyan, green and red 5
 frame 0 (the causal VAE's frame 0 alone) than in the frames after it, and generated clips' frame 0 turns
 blue into cyan and cyan into green.
 
-    python benchmarks/latent_colours.py                      # the shipped `shapes` pipeline
-    python benchmarks/latent_colours.py --model DIR --scenes 12
+    python benchmarks/latent_colours.py                      # the shipped `shapes` pipeline's VAE
+    python benchmarks/latent_colours.py --model DIR --scenes 12   # a pipeline, or a VAE run's DIR/pipeline
 """
 
 from __future__ import annotations
@@ -25,27 +25,30 @@ PAIRS = (("blue", "cyan"), ("cyan", "green"), ("blue", "red"), ("red", "orange")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="shapes", help="a pipeline directory or shipped name (default: shapes)")
+    parser.add_argument("--model", default="shapes", help="a pipeline directory, shipped name or VAE folder (default: shapes)")
+    parser.add_argument("--size", type=int, default=64, help="canvas of the clips (default 64)")
+    parser.add_argument("--frames", type=int, default=17, help="frames of the clips (default 17)")
     parser.add_argument("--scenes", type=int, default=6, help="scenes per colour pair")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("latent_colours.json"))
     args = parser.parse_args()
     torch.set_grad_enabled(False)
 
-    from kinema.data.shapes import make_object, render_clip
+    from kinema.data.shapes import ONE_WAY_MOTIONS, make_object, render_clip
     from kinema.eval.shapes_eval import as_batch
-    from kinema.pipelines import Pipeline, common
+    from kinema.pipelines.storage import component_record
+    from kinema.train.stages import load_frozen_vae
 
-    pipe = Pipeline.load(args.model)
-    size, frames = pipe.settings.height, pipe.settings.num_frames
+    vae = load_frozen_vae(args.model)  # fp32, as the pipeline's encode in the shipped reports
+    size, frames = args.size, args.frames
     rng = np.random.default_rng(0)
     scenes = [
-        dict(shape=int(rng.integers(3)), size=1, motion=int(rng.integers(5)), start=tuple(rng.random(2)), distance=float(rng.random()))
+        dict(shape=int(rng.integers(3)), size=1, motion=int(rng.integers(len(ONE_WAY_MOTIONS))), start=tuple(rng.random(2)), distance=float(rng.random()))
         for _ in range(args.scenes)
     ]  # fmt: skip
 
     def latents(colour: str) -> torch.Tensor:  # (scenes, C, t, h, w)
         clips = [render_clip([make_object(colour=colour, canvas=size, frames=frames, **s)], size, frames) for s in scenes]
-        return common.encode(pipe, as_batch(clips))
+        return vae.encode(as_batch(clips))
 
     cache = {c: latents(c) for c in sorted({c for pair in PAIRS for c in pair})}
     rows = []
@@ -64,7 +67,7 @@ def main() -> None:
     spread = every.transpose(1, 2).flatten(3).std(dim=(0, 3))  # (t, C)
     print("channel std by latent frame (min-max over channels): "
           + ", ".join(f"{i}: {float(v.min()):.2f}-{float(v.max()):.2f}" for i, v in enumerate(spread)))  # fmt: skip
-    result = {"model": args.model, "model_hash": pipe.model_hash, "scenes": args.scenes, "rows": rows,
+    result = {"model": args.model, "vae_weights": component_record(vae)["weights"], "scenes": args.scenes, "rows": rows,
               "channel_std_by_latent_frame": spread.tolist()}  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

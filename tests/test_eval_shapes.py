@@ -11,7 +11,7 @@ import torch
 from kinema.data.shapes import make_object, render_clip
 from kinema.errors import KinemaError
 from kinema.eval.report import write_report
-from kinema.eval.shapes_eval import TASKS, WithinFrame, evaluate_shapes, shapes_markdown
+from kinema.eval.shapes_eval import TASKS, WithinFrame, draw_windows, evaluate_shapes, shapes_markdown
 from kinema.eval.shapes_probe import parse_caption, parse_captions
 from kinema.video import Video, read_video
 
@@ -44,9 +44,8 @@ class Renderer:
         return Video(frames, metadata={"prompt": prompt, "seed": seed})
 
     def extend(self, video, prompt, *, num_frames, seed=0, **kw):
-        clip = self.clip(prompt, FRAMES, seed)
-        held = np.repeat(clip[:1], num_frames - FRAMES, axis=0)  # new frames: a pause, then a whole clip
-        return Video(np.concatenate([video.frames if isinstance(video, Video) else video, held, clip]), metadata={"prompt": prompt})
+        given = len(video.frames if isinstance(video, Video) else video)
+        return Video(self.clip(prompt, given + num_frames, seed), metadata={"prompt": prompt})  # one scene, given frames redrawn
 
 
 def run(variant, task="t2v", n=6, **kw):
@@ -92,50 +91,67 @@ def test_image_to_video_reports_the_first_frame_psnr():
     assert model["accuracy"]["joint"]["rate"] == 1.0
 
 
-def test_extension_probes_the_last_window():
-    report, sheet = run(Renderer(), task="extend", n=3)
-    assert rows(report)["model"]["accuracy"]["joint"]["rate"] == 1.0
-    assert sheet["clips"][0].shape[0] == FRAMES  # the sheet shows the probed window
-    # A model that extends with the wrong motion fails on motion only.
-    report, _ = run(Renderer(motion="still"), task="extend", n=3)
-    acc = rows(report)["model"]["accuracy"]
-    assert acc["colour"]["rate"] == 1.0 and acc["shape"]["rate"] == 1.0 and acc["motion"]["rate"] < 1.0
-    assert "continuation" not in run(Renderer(), task="t2v", n=2)[0]
-    c = report["continuation"]
-    assert c["room_for_motion"]["n"] == 3 and c["model_joint_with_room"]["n"] == c["room_for_motion"]["k"]
-    assert "Room to continue:" in shapes_markdown(report)
+@pytest.mark.parametrize("frames", [None, 65])
+def test_extension_probes_every_window_of_lasting_motions(frames, tmp_path):
+    report, sheet = run(Renderer(), task="extend", n=6, frames=frames)
+    total = 33 if frames is None else frames  # default: 4x the 9-frame clip
+    spans = [[16 * k, 16 * k + 17] for k in range((total - 1) // 16)]
+    assert report["clip"] == {"frames": total, "size": 64, "given_frames": FRAMES, "probe_windows": spans}
+    motions = [parse_caption(c["prompt"])["motion"] for c in report["clips"]]
+    assert motions == ["bouncing left and right", "bouncing up and down", "still"] * 2
+    for name in ("model", "real"):  # a faithful continuation, and the real clip rendered that long
+        r = rows(report)[name]
+        assert [w["frames"] for w in r["windows"]] == spans
+        assert all(w["accuracy"]["joint"]["rate"] == w["bouncing_joint"]["rate"] == 1.0 for w in r["windows"])
+        assert r["still_stays_put"]["rate"] == 1.0 and r["still_stays_put"]["n"] == motions.count("still")
+    assert sheet["clips"][0].shape[0] == 17  # the sheet shows the last probe window
+    # A model that stops every object fails bouncing prompts on motion, in every window, and keeps still ones still.
+    report, _ = run(Renderer(motion="still"), task="extend", n=6, frames=frames)
+    model = rows(report)["model"]
+    bouncing = sum(m != "still" for m in motions)
+    for w in model["windows"]:
+        acc = w["accuracy"]
+        assert acc["colour"]["rate"] == acc["shape"]["rate"] == 1.0 and acc["motion"]["k"] == 6 - bouncing
+        assert (w["bouncing_joint"]["k"], w["bouncing_joint"]["n"]) == (0, bouncing)
+    assert model["accuracy"] == model["windows"][-1]["accuracy"] and model["still_stays_put"]["rate"] == 1.0
+    text = shapes_markdown(report)
+    assert "Joint accuracy by window" in text and "Bouncing prompts:" in text and f"window {len(spans) - 1} (frames {spans[-1][0]}-{spans[-1][1] - 1})" in text
+    assert "Still objects that stay put (moved < 0.10 S over the whole clip): model 100.0%" in text
+    paths = write_report(report, sheet, tmp_path / "x.json", shapes_markdown, {"windows": draw_windows})
+    assert paths["windows"].endswith("x-windows.png") and (tmp_path / "x-windows.png").stat().st_size > 0
 
 
-def test_room_ahead_is_the_free_canvas_in_the_direction_of_motion():
-    from kinema.eval.shapes_eval import continuation, room_ahead
+def test_extension_refuses_what_it_cannot_probe():
+    with pytest.raises(KinemaError, match="--frames 13: the extend task continues the pipeline's 9-frame clip to more frames, at least 17"):
+        run(Renderer(), task="extend", frames=13)
+    with pytest.raises(KinemaError, match="--frames applies to --task extend"):
+        run(Renderer(), task="t2v", frames=33)
+    with pytest.raises(KinemaError, match="--task extend draws one-object prompts of lasting motions"):
+        run(Renderer(), task="extend", objects=2)
 
-    def obj(motion, start, distance):  # side 13 on 64: the box's left edge can go from 0 to 51
-        return make_object(colour="red", shape="square", size="small", motion=motion, canvas=64, frames=FRAMES, start=start, distance=distance)
 
-    right = obj("right", (0.0, 0.5), 0.0)  # starts at x = 0, travels 0.3 * 64 = 19.2
-    assert room_ahead(right) == pytest.approx(51 - 19.2)
-    assert room_ahead(obj("left", (1.0, 0.5), 1.0)) == pytest.approx(51 - 32)  # from the far right, 0.5 * 64 back
-    assert room_ahead(obj("up", (0.5, 0.0), 0.0)) == pytest.approx(0.0)  # ends at the top edge
-    assert room_ahead(obj("down", (0.5, 1.0), 0.0)) == pytest.approx(0.0)  # ends at the bottom edge
-    assert room_ahead(obj("still", (0.3, 0.3), 0.0)) == float("inf")
-    scenes = [[right], [obj("up", (0.5, 0.0), 0.0)], [obj("still", (0.3, 0.3), 0.0)]]
-    c = continuation(scenes, [False, True, True])
-    assert (c["inside_at_own_speed"]["k"], c["room_for_motion"]["k"], c["model_joint_with_room"]["k"]) == (1, 2, 1)
-    assert c["model_joint_with_room"]["n"] == 2
+def test_bouncing_prompts_are_left_out_of_clips_too_short_to_tell_them():
+    from kinema.eval.shapes_eval import grid_scenes, told_apart
+
+    report, _ = run(Renderer(), n=40)  # 9-frame clips: no bouncing prompt
+    assert not any("bouncing" in c["prompt"] for c in report["clips"]) and len(report["clips"]) == 40
+    assert not any(told_apart(s, 9) is False for s in grid_scenes("all", 64, 9, 1))
+    assert sum(s[0]["bouncing"] for s in grid_scenes("all", 64, 17, 1)) == 2 * 48  # 48 bouncing combinations, 2 sizes
 
 
 def test_grid_covers_every_combination_of_the_split_at_both_sizes():
-    from kinema.data.shapes import HELDOUT_COMBOS
+    from kinema.data.shapes import HELDOUT_COMBOS, is_bouncing
     from kinema.eval.report import percent
 
     report, _ = evaluate_shapes(
         Renderer(shape="square"), model="renderer", split="heldout", per_combination=2,
         variants=[("model", "model", Renderer(shape="square"))], vae_row=False,
     )  # fmt: skip
-    assert report["n"] == len(HELDOUT_COMBOS) * 2 * 2 == len(report["clips"]) and report["per_combination"] == 2
+    told = [c for c in HELDOUT_COMBOS if not is_bouncing(c[2])]  # 9-frame clips: too short to tell bouncing
+    assert report["n"] == len(told) * 2 * 2 == len(report["clips"]) and report["per_combination"] == 2
     asked = [parse_caption(c["prompt"]) for c in report["clips"]]
     combos = {(a["colour"], a["shape"], a["motion"]) for a in asked}
-    assert len(combos) == len(HELDOUT_COMBOS)
+    assert len(combos) == len(told) == 15
     assert sum(a["size"] == "small" for a in asked) == sum(a["size"] == "large" for a in asked) == 30
     model = rows(report)["model"]
     squares = sum(a["shape"] == "square" for a in asked)
@@ -220,7 +236,7 @@ def test_the_vae_row_is_the_real_clips_through_the_pipelines_vae(order, exact):
 
 def test_tasks_are_data():
     assert set(TASKS) == {"t2v", "i2v", "extend"}
-    assert TASKS["i2v"].first_frame_psnr and TASKS["extend"].probe_last and not TASKS["t2v"].probe_last
+    assert TASKS["i2v"].first_frame_psnr and TASKS["extend"].continues and not TASKS["t2v"].continues
     with pytest.raises(KinemaError, match="unknown task 'v2v'; choose one of t2v, i2v, extend"):
         run(Renderer(), task="v2v")
     with pytest.raises(KinemaError, match="at least 64x64"):
@@ -323,7 +339,7 @@ def test_eval_shapes_command_end_to_end(tiny_pipeline, tmp_path, capsys):
     assert real["accuracy"]["joint"]["rate"] == 1.0 and real["present_all_frames"]["rate"] == 1.0
     assert report["rows"][0]["seconds_per_clip"] > 0 and report["fvd"]["standard"] is False
     assert report["settings"]["guidance_interval"] == [0.5, 1.0] and report["settings"]["image_first"] is True
-    assert report["settings"]["steps"] == 1 and report["clip"] == {"frames": 5, "size": 64, "probed_frames": 5}
+    assert report["settings"]["steps"] == 1 and report["clip"] == {"frames": 5, "size": 64, "given_frames": None, "probe_windows": [[0, 5]]}
     assert report["settings"]["shift"] == 3.0 and "sampling shift 3" in (out.with_suffix(".md")).read_text()
     from kinema.precision import resolve
 
@@ -335,6 +351,17 @@ def test_eval_shapes_command_end_to_end(tiny_pipeline, tmp_path, capsys):
     assert saved.metadata["prompt"] == report["clips"][0]["prompt"] and saved.num_frames == 5
     assert (videos / "within_frame" / "0001.mp4").is_file()
     assert "guidance 2.0 at sigma in [0.5, 1], sampling shift 3, frame 0 first (image_first), " + resolve("auto", "cpu") in capsys.readouterr().out
+
+
+def test_eval_shapes_extend_command_writes_the_window_plot(tiny_pipeline, tmp_path):
+    from kinema.cli import main
+
+    out = tmp_path / "long.json"
+    main(["eval", "shapes", "--model", str(tiny_pipeline), "--task", "extend", "--frames", "33", "--n", "3", "--steps", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["clip"]["probe_windows"] == [[0, 17], [16, 33]] and report["clip"]["given_frames"] == 5
+    assert all(len(r["windows"]) == 2 for r in report["rows"]) and (tmp_path / "long-windows.png").is_file()
+    assert report["files"]["windows"].endswith("long-windows.png")
 
 
 def test_eval_shapes_command_refuses_bad_input(tiny_pipeline, tmp_path, capsys):

@@ -18,14 +18,16 @@ from kinema.data.shapes import (
     TRAIN_COMBOS,
     ShapesDataset,
     caption_for,
+    is_bouncing,
     is_heldout,
     make_object,
     render_clip,
     side_pixels,
+    track,
 )
 from kinema.errors import KinemaError
 
-ONE = r"a (small|large) ({c}) ({s}) (moving (left|right|up|down)|staying still)".format(
+ONE = r"a (small|large) ({c}) ({s}) (moving (left|right|up|down)|staying still|bouncing (left and right|up and down))".format(
     c="|".join(COLOURS), s="|".join(SHAPES)
 )
 
@@ -67,23 +69,24 @@ def test_captions_follow_the_grammar(objects):
         attrs = ds.attributes(i)
         caption = caption_for(attrs)
         assert pattern.match(caption), caption
-        for part, a in zip(caption.split(" and "), attrs):
-            action = "staying still" if a["motion"] == "still" else f"moving {a['motion']}"
+        for part, a in zip(re.split(r" and (?=a )", caption), attrs):
+            action = "staying still" if a["motion"] == "still" else a["motion"] if a["bouncing"] else f"moving {a['motion']}"
             assert part == f"a {a['size']} {a['colour']} {a['shape']} {action}"
     assert caption_for(make_object(colour=0, shape=0, size=0, motion=1, canvas=64, frames=17)) == (
         "a small red circle moving right"
     )
 
 
-def test_heldout_rule_selects_15_of_120_combinations():
-    assert len(ALL_COMBOS) == 120
-    held = [(c, s, m) for c in range(8) for s in range(3) for m in range(5) if (c + 3 * s + 2 * m) % 8 == 5]
-    assert sorted(HELDOUT_COMBOS) == held and len(held) == 15
+def test_heldout_rule_selects_21_of_168_combinations_and_keeps_the_first_15():
+    assert len(ALL_COMBOS) == 168
+    held = [(c, s, m) for c in range(8) for s in range(3) for m in range(7) if (c + 3 * s + 2 * m) % 8 == 5]
+    assert sorted(HELDOUT_COMBOS) == held and len(held) == 21
+    assert len([k for k in HELDOUT_COMBOS if k[2] < 5]) == 15  # the one-way and still ones, as before bouncing
     assert set(TRAIN_COMBOS) | set(HELDOUT_COMBOS) == set(ALL_COMBOS)
     assert not set(TRAIN_COMBOS) & set(HELDOUT_COMBOS)
     assert is_heldout(5, 0, 0) and not is_heldout(0, 0, 0)
     # Every colour, shape and motion still has training partners.
-    for axis, n in ((0, 8), (1, 3), (2, 5)):
+    for axis, n in ((0, 8), (1, 3), (2, 7)):
         assert {k[axis] for k in TRAIN_COMBOS} == set(range(n))
 
 
@@ -132,6 +135,8 @@ def test_sizes_and_displacement_bounds(size):
         if a["motion"] == "still":
             assert (dx, dy) == (0, 0) and a["velocity"] == (0, 0)
             continue
+        if a["bouncing"]:
+            continue  # test_bouncing_objects_reflect_at_constant_speed
         ux, uy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[a["motion"]]
         travel = dx * ux + dy * uy
         assert 0.30 * size <= travel <= 0.50 * size
@@ -140,10 +145,61 @@ def test_sizes_and_displacement_bounds(size):
 
 
 def _box_per_frame(a, frames):
+    if a["bouncing"]:
+        return track(a, frames)
     t = np.arange(frames) / (frames - 1)
     x = a["start"][0] + a["displacement"][0] * t
     y = a["start"][1] + a["displacement"][1] * t
     return x, y
+
+
+def _bounce_step_by_step(position, velocity, frames, room):
+    out = []
+    for _ in range(frames):
+        out.append(position)
+        position += velocity
+        if position > room:
+            position, velocity = 2 * room - position, -velocity
+        elif position < 0:
+            position, velocity = -position, -velocity
+    return np.array(out)
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_bouncing_objects_reflect_at_constant_speed(size):
+    """SHAPES.md: speed uniform in [0.90, 1.20] S per 16 frames along one axis, reflecting so that the whole
+    object stays inside; any length with the same physics; every 17-frame window holds a reversal."""
+    ds = ShapesDataset(size=size, split="all", frames=129, length=600)
+    speeds, phases = [], []
+    for i in range(len(ds)):
+        (a,) = ds.attributes(i)
+        if not a["bouncing"]:
+            continue
+        room = size - a["side"]
+        axis = 0 if a["motion"] == "bouncing left and right" else 1
+        speed = abs(a["velocity"][axis])
+        assert a["velocity"][1 - axis] == 0 and 0.90 * size / 16 - 1e-9 <= speed <= 1.20 * size / 16 + 1e-9
+        corners = np.stack(track(a, 129), axis=1)
+        np.testing.assert_allclose(corners[:, axis], _bounce_step_by_step(a["start"][axis], a["velocity"][axis], 129, room), atol=1e-9)
+        np.testing.assert_allclose(corners[:, 1 - axis], a["start"][1 - axis], atol=1e-9)
+        assert corners.min() >= 0 and corners.max() <= room + 1e-9
+        steps = np.sign(np.diff(corners[:, axis]))
+        for w in range(0, 129 - 16, 16):  # a reversal in every window of 17 frames
+            assert len(set(steps[w : w + 16]) - {0}) == 2
+        # the same scene at another length is the same track, cut
+        short = make_object(**{k: a[k] for k in ("colour", "shape", "size", "motion")}, canvas=size, frames=17)
+        assert short["bouncing"]
+        speeds.append(speed / size * 16)
+        phases.append(a["start"][axis] / room * (1 if a["velocity"][axis] > 0 else -1))
+    assert min(speeds) < 0.95 and max(speeds) > 1.15  # the whole speed range is drawn
+    assert min(phases) < -0.8 and max(phases) > 0.8  # both directions, from edge to edge
+
+
+def test_a_bouncing_clip_renders_at_any_length():
+    a = make_object(colour="cyan", shape="triangle", size="small", motion="bouncing up and down", canvas=64, frames=17,
+                    start=(0.2, 0.7), distance=0.4)  # fmt: skip
+    np.testing.assert_array_equal(render_clip(a, 64, 129)[:17], render_clip(a, 64, 17))
+    assert is_bouncing("bouncing up and down") and is_bouncing(6) and not is_bouncing("right")
 
 
 def test_object_inside_canvas_in_every_frame_including_extremes():
@@ -264,7 +320,7 @@ def test_mixed_object_counts_reuse_the_fixed_count_clips():
         else:  # the same caption with every size left out
             unsized += 1
             assert item["caption"] == " and ".join(
-                p.replace(f"a {z} ", "a ", 1) for p, z in zip(fixed[n].caption(i).split(" and "), sizes)
+                p.replace(f"a {z} ", "a ", 1) for p, z in zip(re.split(r" and (?=an? )", fixed[n].caption(i)), sizes)
             )
     assert 30 <= counts.count(1) <= 50 and counts.count(2) >= 10  # (1, 1, 2): about two in three single
     assert 6 <= unsized <= 25  # one caption in four leaves the sizes out

@@ -140,9 +140,30 @@ def test_first_frame_is_encoded_on_its_own():
         assert torch.allclose(vae.encode(x)[:, :, :1], vae.encode(x[:, :, :1]), atol=1e-6)
 
 
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_replicate_padding_encodes_a_still_clip_alike_in_every_latent_frame(padding):
+    vae = tiny_vae(causal_padding=padding)
+    still, x = video(1).expand(-1, -1, 17, -1, -1), video(17)
+    with torch.no_grad():
+        z = vae.encode(still)
+        causal = vae.encode(x)[:, :, :2], vae.encode(x[:, :, :5])
+    torch.testing.assert_close(*causal, atol=1e-6, rtol=0)  # still causal: later frames do not reach back
+    spread = (z - z[:, :, -1:]).abs().amax(dim=(0, 1, 3, 4))  # each latent frame against the last one
+    if padding == "replicate":
+        assert spread.max() < 1e-5, spread
+    else:  # zeros: the first latent frames see zeros for a past and come out unlike the rest
+        assert spread[0] > 1e-3, spread
+
+
+def test_causal_padding_is_checked():
+    with pytest.raises(ValueError, match="causal_padding must be one of"):
+        tiny_vae(causal_padding="reflect")
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
 @pytest.mark.parametrize("spatial,temporal", [(4, 4), (8, 2), (4, 1)])
-def test_chunked_equals_whole_clip(spatial, temporal):
-    vae = tiny_vae(spatial_factor=spatial, temporal_factor=temporal)
+def test_chunked_equals_whole_clip(spatial, temporal, padding):
+    vae = tiny_vae(spatial_factor=spatial, temporal_factor=temporal, causal_padding=padding)
     x = video(1 + 6 * temporal, size=2 * spatial)  # 7 latent frames
     with torch.no_grad():
         mean, logvar = vae.encode_posterior(x, chunked=False)

@@ -1,6 +1,6 @@
 """`kinema eval ...`: measure a model (shapes, digits, VAE reconstructions) and train the small eval networks.
 
-    kinema eval shapes --model PIPELINE [--n 64 | --per-combination 4] [--split heldout] [--task t2v|i2v|extend] [--objects 1|2] [--out report.json]
+    kinema eval shapes --model PIPELINE [--n 64 | --per-combination 4] [--split heldout] [--task t2v|i2v|extend [--frames 65|129]] [--objects 1|2] [--out report.json]
     kinema eval digits --model PIPELINE [--n 32] [--out digits.json]
     kinema eval vae --model VAE_OR_PIPELINE_OR_NAME --data shapes [--n 32] [--out vae.json]
     kinema eval train-digit-classifier --out DIR
@@ -73,7 +73,8 @@ def shapes(
     n: int = typer.Option(64, "--n", min=2, help="Prompts (clips per row), drawn at random from the split."),
     split: str = typer.Option("all", "--split", help="Prompts from: train, heldout (combinations never trained on) or all."),
     per_combination: int = typer.Option(None, "--per-combination", min=1, help="Instead of --n random prompts: every combination of the split at both sizes, this many clips each."),
-    task: str = typer.Option("t2v", "--task", help="t2v (text), i2v (text + the real first frame), extend (the real clip continued to 4x its length)."),
+    task: str = typer.Option("t2v", "--task", help="t2v (text), i2v (text + the real first frame), extend (the real clip of a lasting motion, bouncing or still, continued to --frames, every 17-frame window probed)."),
+    frames: int = typer.Option(None, "--frames", min=2, help="extend: frames to continue the real clip to, e.g. 65 or 129 (default 4x its length: 65 for 17)."),
     objects: int = typer.Option(1, "--objects", min=1, max=2, help="Objects per prompt: 1, or 2 (the split's two-object prompts, scored by the two-object probe; not with --per-combination)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the pipeline's)."),
     sampler: str = typer.Option(None, "--sampler", help="Sampler (default: the pipeline's): euler, heun, dpmpp_2m, ddim, ddpm, ..."),
@@ -90,17 +91,17 @@ def shapes(
 ) -> None:
     """Generate clips from the prompts of a shapes split, probe them, and report accuracy beside reference rows."""
     from kinema.eval.report import write_report
-    from kinema.eval.shapes_eval import check_objects, evaluate_shapes, get_task, shapes_markdown
+    from kinema.eval.shapes_eval import check_objects, draw_windows, evaluate_shapes, get_task, shapes_markdown
 
-    get_task(task)  # a bad name or combination fails before the model loads
-    check_objects(objects, per_combination)
+    eval_task = get_task(task)  # a bad name or combination fails before the model loads
+    check_objects(objects, per_combination, task)
     settings = _settings(steps, sampler, guidance, guidance_interval, seed, image_first, shift)
     pipe = _load_pipeline(model, device, precision)
     report, sheet = evaluate_shapes(
         pipe, model=model, n=n, split=split, task=task, settings=settings, i3d=i3d, save_videos=save_videos,
-        progress=_progress, per_combination=per_combination, objects=objects,
+        progress=_progress, per_combination=per_combination, objects=objects, frames=frames,
     )
-    paths = write_report(report, sheet, out, shapes_markdown)
+    paths = write_report(report, sheet, out, shapes_markdown, {"windows": draw_windows} if eval_task.continues else None)
     typer.echo(shapes_markdown(report))
     typer.echo(f"wrote {', '.join(paths.values())}")
 

@@ -1,7 +1,8 @@
 """The `shapes` dataset: synthetic text-to-video clips with known ground truth.
 
-Every clip shows one (or two) coloured shapes moving in a straight line on a
-black canvas, with a caption such as `a small red circle moving right`. The
+Every clip shows one (or two) coloured shapes moving in a straight line, standing still or
+bouncing between two edges on a black canvas, with a caption such as `a small red circle moving
+right` or `a large blue square bouncing up and down`. The
 full specification (palette, sizes, motions, captions, the train/held-out
 split) is SHAPES.md; this module follows it to the letter, and
 `kinema.eval.shapes_probe` measures generated clips against the same rules.
@@ -15,7 +16,12 @@ Geometry, in pixels of the S x S canvas (x to the right, y downwards):
   `start` is the top-left corner of that box in the first frame;
 - circle: the disc inscribed in the box; square: the box; triangle: apex at
   the top middle, base along the bottom edge (width = height = side);
-- the box moves by `displacement` (dx, dy) in total, linearly over the frames.
+- one-way motions: the box moves by `displacement` (dx, dy) in total, linearly over the frames;
+- bouncing: the box moves at `velocity` (pixels a frame) along one axis, reflecting off the canvas
+  edges (its top-left corner follows a triangle wave between 0 and S - side), at any number of frames.
+  The start is a uniform phase of that wave (position and direction), so every window of a long
+  bouncing clip is drawn as likely as a clip's start: the 17-frame training clips are the windows that
+  extension continues.
 
 Objects are drawn at 4x resolution and area-averaged down, so edges are
 anti-aliased. With two objects the second is drawn over the first (alpha by
@@ -49,11 +55,15 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SIZES: tuple[str, ...] = ("small", "large")
 SIZE_FRACTIONS: tuple[float, ...] = (0.20, 0.32)
 """Side (or diameter) of each size as a fraction of the canvas side S."""
-MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still")
-MOTION_DIRECTIONS: tuple[tuple[int, int], ...] = ((-1, 0), (1, 0), (0, -1), (0, 1), (0, 0))
-"""Unit (dx, dy) of each motion; image y grows downwards."""
+MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still", "bouncing left and right", "bouncing up and down")
+ONE_WAY_MOTIONS: tuple[str, ...] = MOTIONS[:5]
+"""The motions of a clip that has a start and an end (the first five): one way, or none."""
+MOTION_DIRECTIONS: tuple[tuple[int, int], ...] = ((-1, 0), (1, 0), (0, -1), (0, 1), (0, 0), (1, 0), (0, 1))
+"""Unit (dx, dy) of each motion (for bouncing, the axis); image y grows downwards."""
 DISPLACEMENT_RANGE: tuple[float, float] = (0.30, 0.50)
 """Total displacement over a clip, as a fraction of S (uniform); "still" moves 0."""
+BOUNCE_SPEED_RANGE: tuple[float, float] = (0.90, 1.20)
+"""Speed of a bouncing object, as a fraction of S per 16 frames (uniform): every 17-frame window holds a reversal."""
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")
 
 _SUPERSAMPLE = 4  # render at 4x, then area-average down
@@ -73,6 +83,11 @@ SPLIT_COMBOS: dict[str, tuple[tuple[int, int, int], ...]] = {
     "train": TRAIN_COMBOS, "heldout": HELDOUT_COMBOS, "all": ALL_COMBOS,
 }  # fmt: skip
 """The (colour, shape, motion) combinations a one-object clip of each split draws from."""
+
+
+def is_bouncing(motion: int | str) -> bool:
+    """Whether a motion (index or name) bounces between two edges."""
+    return (MOTIONS[motion] if isinstance(motion, int) else motion).startswith("bouncing")
 
 
 def side_pixels(size: int | str, canvas: int) -> int:
@@ -107,7 +122,10 @@ def make_object(
     `start` (u, v) in [0, 1]^2 places the object's first-frame box within the
     range that keeps it inside the canvas for the whole clip (0 = leftmost/top);
     `distance` in [0, 1] picks the displacement within DISPLACEMENT_RANGE.
-    Attribute values may be given as names or indices.
+    Bouncing: `distance` picks the speed within BOUNCE_SPEED_RANGE, the start's
+    coordinate along the axis the phase of the bounce (position and direction:
+    [0, 1/2) moving right or down from the left or top edge, [1/2, 1) coming back),
+    the other coordinate the place across. Attribute values may be given as names or indices.
     """
     c = _index(colour, COLOURS, "colour")
     s = _index(shape, SHAPES, "shape")
@@ -116,16 +134,30 @@ def make_object(
     if not all(0.0 <= float(f) <= 1.0 for f in (*start, distance)):
         raise KinemaError(f"start {tuple(start)} and distance {distance} must lie in [0, 1] (fractions of the free range)")
     side = side_pixels(z, canvas)
-    lo, hi = DISPLACEMENT_RANGE
-    travel = 0.0 if MOTIONS[m] == "still" else (lo + (hi - lo) * float(distance)) * canvas
     ux, uy = MOTION_DIRECTIONS[m]
-    dx, dy = ux * travel, uy * travel
-    # The box spans [x, x + side] in frame 0 and [x + dx, x + dx + side] in the last frame.
-    x_lo, x_hi = max(0.0, -dx), canvas - side - max(0.0, dx)
-    y_lo, y_hi = max(0.0, -dy), canvas - side - max(0.0, dy)
-    x = x_lo + (x_hi - x_lo) * float(start[0])
-    y = y_lo + (y_hi - y_lo) * float(start[1])
     steps = max(frames - 1, 1)
+    bounce = is_bouncing(m)
+    if bounce:
+        lo, hi = BOUNCE_SPEED_RANGE
+        speed = (lo + (hi - lo) * float(distance)) * canvas / 16  # pixels a frame
+        room = canvas - side  # the box's corner runs over [0, room]
+        along, across = (start[0], start[1]) if ux else (start[1], start[0])
+        phase = 2 * room * min(float(along), 1.0 - 1e-9)  # unfolded position on the wave's period 2 * room
+        position, sign = (phase, 1.0) if phase <= room else (2 * room - phase, -1.0)
+        x, y = (position, room * float(across)) if ux else (room * float(across), position)
+        vx, vy = ux * sign * speed, uy * sign * speed
+        corners = _bounce(np.array([x, y]), np.array([vx, vy]), frames, room)
+        dx, dy = (float(v) for v in corners[-1] - corners[0])
+    else:
+        lo, hi = DISPLACEMENT_RANGE
+        travel = 0.0 if MOTIONS[m] == "still" else (lo + (hi - lo) * float(distance)) * canvas
+        dx, dy = ux * travel, uy * travel
+        # The box spans [x, x + side] in frame 0 and [x + dx, x + dx + side] in the last frame.
+        x_lo, x_hi = max(0.0, -dx), canvas - side - max(0.0, dx)
+        y_lo, y_hi = max(0.0, -dy), canvas - side - max(0.0, dy)
+        x = x_lo + (x_hi - x_lo) * float(start[0])
+        y = y_lo + (y_hi - y_lo) * float(start[1])
+        vx, vy = dx / steps, dy / steps
     return {
         "colour": COLOURS[c],
         "colour_index": c,
@@ -137,12 +169,40 @@ def make_object(
         "side": side,
         "motion": MOTIONS[m],
         "motion_index": m,
-        "start": (x, y),
+        "start": (float(x), float(y)),
         "displacement": (dx, dy),
-        "velocity": (dx / steps, dy / steps),
+        "velocity": (float(vx), float(vy)),
+        "bouncing": bounce,
         "canvas": canvas,
         "heldout": is_heldout(c, s, m),
     }
+
+
+def _bounce(start: np.ndarray, velocity: np.ndarray, frames: int, room: float) -> np.ndarray:
+    """Top-left corners (T, 2) of a box moving at `velocity` from `start`, reflected to stay in [0, room]."""
+    unfolded = start[None, :] + velocity[None, :] * np.arange(frames, dtype=np.float64)[:, None]
+    return room - np.abs(np.mod(unfolded, 2 * room) - room) if room > 0 else np.zeros_like(unfolded)
+
+
+def track(attrs: dict[str, Any], frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-left corner (x, y), each (T,), of one object's box in each of `frames` frames.
+
+    One-way motions spread their `displacement` over the frames (the clip's length is part of the scene);
+    a bouncing object keeps its `velocity` (pixels a frame) for as many frames as asked.
+    """
+    if attrs.get("bouncing"):
+        room = attrs["canvas"] - side_pixels(attrs["size"], attrs["canvas"])
+        corners = _bounce(np.asarray(attrs["start"], np.float64), np.asarray(attrs["velocity"], np.float64), frames, room)
+        return corners[:, 0], corners[:, 1]
+    t = np.arange(frames, dtype=np.float64) / max(frames - 1, 1)
+    return attrs["start"][0] + attrs["displacement"][0] * t, attrs["start"][1] + attrs["displacement"][1] * t
+
+
+def action_for(motion: str) -> str:
+    """The words of a caption that say how an object moves: "moving left", "staying still", "bouncing up and down"."""
+    if motion == "still":
+        return "staying still"
+    return motion if is_bouncing(motion) else f"moving {motion}"
 
 
 def caption_for(attrs: dict[str, Any] | Sequence[dict[str, Any]], *, sizes: bool = True) -> str:
@@ -152,9 +212,8 @@ def caption_for(attrs: dict[str, Any] | Sequence[dict[str, Any]], *, sizes: bool
         attrs = [attrs]
     parts = []
     for a in attrs:
-        action = "staying still" if a["motion"] == "still" else f"moving {a['motion']}"
         size = f"{a['size']} " if sizes else ""
-        parts.append(f"a {size}{a['colour']} {a['shape']} {action}")
+        parts.append(f"a {size}{a['colour']} {a['shape']} {action_for(a['motion'])}")
     return " and ".join(parts)
 
 
@@ -192,14 +251,13 @@ def _coverage(shape: str, side: int, x: np.ndarray, y: np.ndarray, canvas: int) 
 def render_clip(attrs: dict[str, Any] | Sequence[dict[str, Any]], size: int, frames: int) -> np.ndarray:
     """Render objects (as from `make_object` or `ShapesDataset.attributes`) to uint8 (T, S, S, 3).
 
-    Each box moves linearly from `start` to `start + displacement` over the
-    `frames` frames. Later objects are drawn over earlier ones (alpha = coverage).
+    Each box follows its `track` over the `frames` frames: from `start` to `start + displacement`
+    linearly, or bouncing at its velocity. Later objects are drawn over earlier ones (alpha = coverage).
     """
     if isinstance(attrs, dict):
         attrs = [attrs]
     if frames < 1:
         raise KinemaError(f"frames must be >= 1, got {frames}")
-    t = np.arange(frames, dtype=np.float64) / max(frames - 1, 1)
     # Coverage takes only 17 levels per object, so every pixel's colour is a lookup
     # into a table over the combinations of levels, built by compositing once.
     levels = np.arange(_SUPERSAMPLE**2 + 1, dtype=np.float64)[None, :, None] / _SUPERSAMPLE**2  # (1, 17, 1)
@@ -212,8 +270,7 @@ def render_clip(attrs: dict[str, Any] | Sequence[dict[str, Any]], size: int, fra
                 "make them again with make_object(canvas=...) for this size"
             )
         side = side_pixels(a["size"], size)
-        x = a["start"][0] + a["displacement"][0] * t
-        y = a["start"][1] + a["displacement"][1] * t
+        x, y = track(a, frames)
         if x.min() < -1e-6 or y.min() < -1e-6 or x.max() + side > size + 1e-6 or y.max() + side > size + 1e-6:
             raise KinemaError(f"object {caption_for(a)!r} leaves the {size}x{size} canvas; draw it with make_object")
         rgb = np.asarray(PALETTE[a["colour"]], np.float64)
@@ -228,7 +285,7 @@ class ShapesDataset(Dataset):
     Items: `{"video": (3, T, S, S) float in [-1, 1], "caption": str}`.
     `split`: "train" never shows a held-out (colour, shape, motion) in any
     object slot; "heldout" shows only held-out combinations (with two objects,
-    at least one slot is held out); "all" draws from all 120.
+    at least one slot is held out); "all" draws from all 168.
     `objects`: 1 or 2 objects per clip, or a tuple of counts that each clip draws
     from uniformly: (1, 1, 2) gives one object in two clips of three. A drawn
     count n gives the same clip as `objects=n` at that index.

@@ -236,16 +236,17 @@ def feature_extractor(i3d: str | os.PathLike | None = None) -> FeatureExtractor:
 def _shapes_batch(
     rng: np.random.Generator, batch: int, config: VideoFeatureConfig, size: int, frames: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Random single-object clips over all 120 combinations and both sizes, lightly corrupted.
+    """Random single-object clips over the 120 one-way combinations (the shipped features predate the bouncing
+    motions, and the network's motion head has 5 classes) and both sizes, lightly corrupted.
 
     Clips are rendered at `size` pixels and `frames` frames (what the evaluation
     feeds) and resampled as the network does. The corruption (a brightness
     change, blur, noise) stands in for a generator's imperfect clips, so the
     features stay smooth around real ones.
     """
-    from kinema.data.shapes import COLOURS, MOTIONS, SHAPES, SIZES, make_object, render_clip
+    from kinema.data.shapes import COLOURS, ONE_WAY_MOTIONS, SHAPES, SIZES, make_object, render_clip
 
-    classes = {"colour": len(COLOURS), "shape": len(SHAPES), "size": len(SIZES), "motion": len(MOTIONS)}
+    classes = {"colour": len(COLOURS), "shape": len(SHAPES), "size": len(SIZES), "motion": len(ONE_WAY_MOTIONS)}
     labels = {k: rng.integers(n, size=batch) for k, n in classes.items()}
     clips = []
     for i in range(batch):

@@ -102,10 +102,15 @@ def contact_sheet(
 
 
 def write_report(
-    report: dict[str, Any], sheet: dict[str, Any] | None, out: str | os.PathLike, markdown: Callable[[dict[str, Any]], str]
+    report: dict[str, Any],
+    sheet: dict[str, Any] | None,
+    out: str | os.PathLike,
+    markdown: Callable[[dict[str, Any]], str],
+    figures: dict[str, Callable[[dict[str, Any], Path], None]] | None = None,
 ) -> dict[str, str]:
-    """Write `out` (the JSON), `out` with .md (the summary `markdown(report)` makes) and, given a sheet
-    ({"clips", "captions", "passed"}), `out` with .png (the contact sheet). Returns the paths, also in report["files"].
+    """Write `out` (the JSON), `out` with .md (the summary `markdown(report)` makes), given a sheet
+    ({"clips", "captions", "passed"}) `out` with .png (the contact sheet), and for each figure NAME: draw
+    `out`-NAME.png (draw(report, path)). Returns the paths, also in report["files"].
     """
     out = Path(out)
     if out.suffix.lower() != ".json":
@@ -116,6 +121,9 @@ def write_report(
     if sheet:
         paths["contact_sheet"] = str(out.with_suffix(".png"))
         write_png(paths["contact_sheet"], contact_sheet(sheet["clips"], sheet["captions"], sheet["passed"]))
+    for name, draw in (figures or {}).items():
+        paths[name] = str(out.with_name(f"{out.stem}-{name}.png"))
+        draw(report, Path(paths[name]))
     report["files"] = paths
     write_text(paths["markdown"], markdown(report))
     write_json(out, report)

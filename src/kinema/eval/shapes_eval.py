@@ -10,8 +10,10 @@ and which of its frames the probe reads:
 
     t2v     the prompt alone; the probe reads all frames
     i2v     the prompt and the real clip's first frame; also the PSNR of generated frame 0 against it
-    extend  the real clip continued to 4x its length (65 frames for 17) with the prompt; the probe reads the last 17
-            (the report also says how many real clips leave their object room to go on moving: `continuation`)
+    extend  the real clip continued to --frames frames (default 4x its length: 65 for 17) with the prompt, on
+            prompts of lasting motions (bouncing, still); the probe reads every 17-frame window (frames 16k ..
+            16k + 16, SHAPES.md), the row's accuracy is the last window's, and the report adds the accuracy of
+            window k against k (`windows`, a table and a plot) and the share of still objects that stay put
 
 Reference rows, in every report:
 - `real`: the real rendered clips through the same probe (100% by construction;
@@ -30,6 +32,7 @@ is shared with the digits evaluation (`kinema.eval.digits.evaluate_digits`).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -146,54 +149,60 @@ def sampling_line(s: dict[str, Any], n: int) -> str:
     )
 
 
-MakeClip = Callable[["Pipeline", str, np.ndarray, dict[str, Any]], "Video"]
+MakeClip = Callable[["Pipeline", str, np.ndarray, int, dict[str, Any]], "Video"]
 
 
-def _text_to_video(pipe: Pipeline, prompt: str, real: np.ndarray, kw: dict[str, Any]) -> Video:
-    return pipe.generate(prompt, num_frames=len(real), height=real.shape[1], width=real.shape[2], **kw)
+def _text_to_video(pipe: Pipeline, prompt: str, real: np.ndarray, frames: int, kw: dict[str, Any]) -> Video:
+    return pipe.generate(prompt, num_frames=frames, height=real.shape[1], width=real.shape[2], **kw)
 
 
-def _image_to_video(pipe: Pipeline, prompt: str, real: np.ndarray, kw: dict[str, Any]) -> Video:
-    return pipe.generate(prompt, image=real[:1], num_frames=len(real), **kw)
+def _image_to_video(pipe: Pipeline, prompt: str, real: np.ndarray, frames: int, kw: dict[str, Any]) -> Video:
+    return pipe.generate(prompt, image=real[:1], num_frames=frames, **kw)
 
 
-def _extend(pipe: Pipeline, prompt: str, real: np.ndarray, kw: dict[str, Any]) -> Video:
+def _extend(pipe: Pipeline, prompt: str, real: np.ndarray, frames: int, kw: dict[str, Any]) -> Video:
     kw = {k: v for k, v in kw.items() if k != "image_first"}  # a text-to-video setting; the clip gives frame 0
-    return pipe.extend(real, prompt, num_frames=(EXTEND_FACTOR - 1) * (len(real) - 1), **kw)
+    return pipe.extend(real, prompt, num_frames=frames - len(real), **kw)
 
 
-def room_ahead(obj: dict[str, Any]) -> float:
-    """Pixels an object (as from `make_object`) can still travel along its motion after its clip's last frame
-    before its box touches the canvas edge; inf for a still object."""
-    from kinema.data.shapes import MOTION_DIRECTIONS
+def lasting_scenes(split: str, size: int, frames: int, n: int) -> list[list[dict[str, Any]]]:
+    """n one-object scenes of `split` whose motion lasts at any length, as the extend task draws them: a
+    one-way motion leaves the canvas within a few clips' length, so its continuation has no right answer.
+    Scene i is bouncing left and right, bouncing up and down or still as i % 3; its combination (of that
+    motion), size, start and speed come from a stream seeded by (PROMPT_SEED, i)."""
+    from kinema.data.shapes import MOTIONS, SIZES, SPLIT_COMBOS, make_object
 
-    ux, uy = MOTION_DIRECTIONS[obj["motion_index"]]
-    if ux == uy == 0:
-        return float("inf")
-    end = [obj["start"][k] + obj["displacement"][k] for k in (0, 1)]
-    far = obj["canvas"] - obj["side"]
-    return end[0] if ux < 0 else far - end[0] if ux > 0 else end[1] if uy < 0 else far - end[1]
+    lasting = [MOTIONS.index(m) for m in ("bouncing left and right", "bouncing up and down", "still")]
+    pools = [[(c, s, m) for c, s, m in SPLIT_COMBOS[split] if m == motion] for motion in lasting]
+    scenes = []
+    for i in range(n):
+        rng = np.random.default_rng((PROMPT_SEED, i))
+        pool = pools[i % 3]
+        c, s, m = pool[rng.integers(len(pool))]
+        z, (u, v, distance) = int(rng.integers(len(SIZES))), rng.random(3)
+        scenes.append([make_object(colour=c, shape=s, size=z, motion=m, canvas=size, frames=frames, start=(u, v), distance=distance)])
+    return scenes
 
 
-def continuation(scenes: Sequence[Sequence[dict[str, Any]]], model_correct: Sequence[bool]) -> dict[str, Any]:
-    """What the extend task's continuations have room for, from each real clip's objects at its last frame.
+def told_apart(scene: Sequence[dict[str, Any]], frames: int) -> bool:
+    """Whether the probe can tell every object's motion in a clip of `frames` frames: bouncing takes a
+    17-frame window (SHAPES.md: every such window holds a reversal), so shorter clips leave it out."""
+    from kinema.data.shapes import is_bouncing
+    from kinema.eval.shapes_probe import WINDOW
 
-    inside_at_own_speed: every object stays in the canvas to the last extended frame at its clip's velocity
-    (the continuation the data's physics gives; only still objects do, as DISPLACEMENT_RANGE is 0.3-0.5 S a clip).
-    room_for_motion: every object has the STILL_MAX_DISPLACEMENT * S the probe needs to see its motion ahead of it,
-    so some in-canvas continuation can pass. model_joint_with_room: the model row's joint accuracy on those clips.
-    """
+    return frames >= WINDOW or not any(is_bouncing(a["motion"]) for a in scene)
+
+
+def still_stays_put(clips: Sequence[np.ndarray], scenes: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
+    """Of the clips whose prompt is one still object, the share whose object moved less than
+    STILL_MAX_DISPLACEMENT * S over the whole clip (the probe's displacement, first two frames to last two)."""
     from kinema.eval.metrics import proportion
-    from kinema.eval.shapes_probe import STILL_MAX_DISPLACEMENT
+    from kinema.eval.shapes_probe import STILL_MAX_DISPLACEMENT, probe
 
-    own = [all(room_ahead(o) >= (EXTEND_FACTOR - 1) * float(np.hypot(*o["displacement"])) for o in objs) for objs in scenes]
-    roomy = [all(room_ahead(o) >= STILL_MAX_DISPLACEMENT * o["canvas"] for o in objs) for objs in scenes]
-    n = len(scenes)
-    return {
-        "inside_at_own_speed": proportion(sum(own), n),
-        "room_for_motion": proportion(sum(roomy), n),
-        "model_joint_with_room": proportion(sum(c for c, r in zip(model_correct, roomy) if r), sum(roomy)),
-    }
+    still = [clip for clip, scene in zip(clips, scenes) if len(scene) == 1 and scene[0]["motion"] == "still"]
+    moved = [probe(clip)["displacement"] for clip in still]
+    put = sum(d is not None and float(np.hypot(*d)) < STILL_MAX_DISPLACEMENT * clip.shape[1] for d, clip in zip(moved, still))
+    return proportion(put, len(still))
 
 
 @dataclass(frozen=True)
@@ -205,15 +214,12 @@ class EvalTask:
     description: str
     """One line for the report."""
     make: MakeClip
-    """(pipeline, prompt, real clip uint8 (T, S, S, 3), sampling keywords) -> Video."""
-    probe_last: bool = False
-    """Probe only the last T frames of a longer clip (T = the real clip's frames) instead of the whole clip."""
+    """(pipeline, prompt, real clip uint8 (T, S, S, 3), frames to make, sampling keywords) -> Video."""
+    continues: bool = False
+    """The clip runs on past the real one, to the evaluation's `frames`: prompts of lasting motions only
+    (`lasting_scenes`), every WINDOW-frame window probed, and the row's accuracy is the last window's."""
     first_frame_psnr: bool = False
     """Report the PSNR of generated frame 0 against the real frame 0 that was given."""
-
-    def probed(self, frames: np.ndarray, real_frames: int) -> np.ndarray:
-        """The frames of a generated clip (T', S, S, 3) that the probe reads."""
-        return frames[-real_frames:] if self.probe_last else frames
 
 
 TASKS: dict[str, EvalTask] = {
@@ -221,20 +227,39 @@ TASKS: dict[str, EvalTask] = {
     for task in (
         EvalTask("t2v", "text-to-video: the prompt alone", _text_to_video),
         EvalTask("i2v", "image-to-video: the prompt and the real first frame", _image_to_video, first_frame_psnr=True),
-        EvalTask(
-            "extend", f"extension: the real clip continued to {EXTEND_FACTOR}x its length, last window probed",
-            _extend, probe_last=True,
-        ),
+        EvalTask("extend", "extension: the real clip continued window after window, every 17-frame window probed", _extend, continues=True),
     )
 }  # fmt: skip
 
 
-def check_objects(objects: int, per_combination: int | None) -> None:
+def check_objects(objects: int, per_combination: int | None, task: str = "t2v") -> None:
     """Refuse an object count the shapes data does not draw, or a grid of combinations (one object each) with two."""
     if objects not in (1, 2):
         raise KinemaError(f"--objects must be 1 or 2 (objects per prompt, as the shapes data draws them), got {objects!r}")
     if objects == 2 and per_combination is not None:
         raise KinemaError("--per-combination covers the one-object combinations; with --objects 2 give --n prompts instead")
+    if task in TASKS and TASKS[task].continues and (objects != 1 or per_combination is not None):
+        raise KinemaError(
+            f"--task {task} draws one-object prompts of lasting motions (bouncing, still); leave out --objects and --per-combination"
+        )
+
+
+def eval_frames(task: EvalTask, window: int, frames: int | None) -> int:
+    """Frames of every clip of the evaluation: the pipeline's window, or for a task that continues the real
+    clip `frames` (default 1 + EXTEND_FACTOR * (window - 1)), at least one probe window and longer than the clip."""
+    from kinema.eval.shapes_probe import WINDOW
+
+    if not task.continues:
+        if frames is not None and frames != window:
+            raise KinemaError(f"--frames applies to --task extend; {task.name} makes clips of the pipeline's {window} frames")
+        return window
+    total = 1 + EXTEND_FACTOR * (window - 1) if frames is None else frames
+    if not isinstance(total, int) or total <= window or total < WINDOW:
+        raise KinemaError(
+            f"--frames {total}: the extend task continues the pipeline's {window}-frame clip to more frames, at "
+            f"least {max(window + 1, WINDOW)} (one {WINDOW}-frame probe window), e.g. {1 + EXTEND_FACTOR * (window - 1)}"
+        )
+    return total
 
 
 def get_task(name: str) -> EvalTask:
@@ -312,12 +337,14 @@ def generate_clips(
     reals: Sequence[np.ndarray],
     settings: GenerationSettings,
     progress: Callable[[str], None] | None = None,
+    frames: int | None = None,
 ) -> Generated:
-    """Make one clip per prompt with `task.make`, clip i with seed settings.seed + i."""
+    """Make one clip per prompt with `task.make`, clip i with seed settings.seed + i, of `frames` frames
+    (default the real clip's)."""
     clips, videos, seconds = [], [], []
     for i, (prompt, real) in enumerate(zip(prompts, reals)):
         start = time.perf_counter()
-        video = task.make(pipe, prompt, real, settings.kwargs(i))
+        video = task.make(pipe, prompt, real, len(real) if frames is None else frames, settings.kwargs(i))
         seconds.append(time.perf_counter() - start)
         clips.append(video.frames)
         videos.append(video)
@@ -375,14 +402,18 @@ def redraw(scenes: Sequence[Sequence[dict[str, Any]]], size: int, frames: int, s
 
 
 def grid_scenes(split: str, size: int, frames: int, per_combination: int) -> list[list[dict[str, Any]]]:
-    """Every (colour, shape, motion) of `split` at both sizes, `per_combination` scenes each, one object.
+    """Every (colour, shape, motion) of `split` at both sizes, `per_combination` scenes each, one object
+    (bouncing only at `frames` >= 17, where the probe can tell it: `told_apart`).
 
     Each scene's start and speed are drawn from its own stream, seeded by (PROMPT_SEED, combination, size, k).
     """
-    from kinema.data.shapes import SIZES, SPLIT_COMBOS, make_object
+    from kinema.data.shapes import SIZES, SPLIT_COMBOS, is_bouncing, make_object
+    from kinema.eval.shapes_probe import WINDOW
 
     scenes = []
     for c, s, m in SPLIT_COMBOS[split]:
+        if frames < WINDOW and is_bouncing(m):
+            continue
         for z in range(len(SIZES)):
             for k in range(per_combination):
                 rng = np.random.default_rng((PROMPT_SEED, c, s, m, z, k))
@@ -524,6 +555,7 @@ def evaluate_shapes(
     per_combination: int | None = None,
     vae_row: bool = True,
     objects: int = 1,
+    frames: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate `pipe` (named `model` in the report) on `n` prompts of the shapes `split`.
 
@@ -532,6 +564,8 @@ def evaluate_shapes(
     objects: objects per prompt, 1 or 2: with 2, the prompts are the split's two-object clips, scored by the
     two-object probe (`score_objects`; a clip is correct when both objects are), and every row adds the
     per-object accuracy (`per_object`), by object size (`object_by_size`, in place of `joint_by_size`).
+    frames: the extend task's length (`eval_frames`); the real row is then the real clip rendered that long, and
+    every row adds `windows` (accuracy per probe window) and `still_stays_put`.
 
     Returns (report, sheet) for `kinema.eval.report.write_report(report, sheet, out, shapes_markdown)`.
 
@@ -543,7 +577,7 @@ def evaluate_shapes(
     from kinema.data.shapes import SIZES, SPLITS, ShapesDataset, caption_for, render_clip
     from kinema.eval.fvd import feature_extractor, fvd_from_features
     from kinema.eval.metrics import proportion, psnr
-    from kinema.eval.shapes_probe import score_objects
+    from kinema.eval.shapes_probe import score_objects, window_frames
 
     eval_task = get_task(task)
     settings = settings or GenerationSettings()
@@ -551,40 +585,54 @@ def evaluate_shapes(
         raise KinemaError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if per_combination is not None and (not isinstance(per_combination, int) or per_combination < 1):
         raise KinemaError(f"--per-combination must be an int >= 1, got {per_combination!r}")
-    check_objects(objects, per_combination)
+    check_objects(objects, per_combination, task)
     if per_combination is None and (not isinstance(n, int) or n < 2):
         raise KinemaError(f"--n must be an int >= 2 (FVD needs two clips), got {n!r}")
-    size, frames = pipe.settings.height, pipe.settings.num_frames
+    size, window = pipe.settings.height, pipe.settings.num_frames
+    total = eval_frames(eval_task, window, frames)
     if pipe.settings.width != size:
         raise KinemaError(f"the shapes evaluation needs square clips; the pipeline makes {size}x{pipe.settings.width}")
     if size < 64:
         raise KinemaError(f"the shapes probe needs clips of at least 64x64 pixels (SHAPES.md); the pipeline makes {size}x{size}")
 
-    if per_combination is None:
-        data = ShapesDataset(size=size, frames=frames, split=split, objects=objects, length=n, seed=PROMPT_SEED)
-        scenes = [data.attributes(i) for i in range(n)]
+    if eval_task.continues:
+        scenes = lasting_scenes(split, size, window, n)
+    elif per_combination is None:
+        data = ShapesDataset(size=size, frames=window, split=split, objects=objects, length=64 * n, seed=PROMPT_SEED)
+        scenes = list(itertools.islice((a for a in map(data.attributes, range(len(data))) if told_apart(a, window)), n))
     else:
-        scenes = grid_scenes(split, size, frames, per_combination)
+        scenes = grid_scenes(split, size, window, per_combination)
         n = len(scenes)
     prompts = [caption_for(objects) for objects in scenes]
-    reals = [render_clip(objects, size, frames) for objects in scenes]
+    givens = [render_clip(objects, size, window) for objects in scenes]  # what the tasks are given
+    reals = givens if total == window else [render_clip(objects, size, total) for objects in scenes]
     extractor = feature_extractor(i3d)
     real_batch = as_batch(reals)
     real_features = extractor(real_batch)
+    windows = window_frames(total) if eval_task.continues else [slice(0, total)]
 
     object_sizes = [a["size"] for scene in scenes for a in scene]  # in the order of clip_objects
 
     def row(name: str, label: str, clips: list[np.ndarray], against: torch.Tensor, **extra: Any) -> tuple[dict[str, Any], list]:
-        scores = [score_objects(clip, prompt) for clip, prompt in zip(clips, prompts)]
+        by_window = [[score_objects(clip[w], prompt) for clip, prompt in zip(clips, prompts)] for w in windows]
+        scores = by_window[-1]  # the row's accuracy: the last window's (the whole clip but for extend)
         batch = as_batch(clips)
         sized = list(zip(clip_objects(scores), object_sizes))
         by_size = {z: proportion(sum(bool(o["correct"]) for o, zz in sized if zz == z), sum(zz == z for _, zz in sized)) for z in SIZES}
-        one_object = objects == 1 and not eval_task.probe_last  # the frame-0 check reads one object
+        one_object = objects == 1 and not eval_task.continues  # the frame-0 check reads one object
         summary = {
             "name": name, "label": label, **summarize_shapes(scores), _by_size_key(objects): by_size, "flicker": _temporal(batch),
             "fvd": fvd_from_features(against, extractor(batch)),
             "first_frame_colour_differs": first_frame_colour_differs(clips) if one_object else None, **extra,
         }  # fmt: skip
+        if eval_task.continues:
+            bouncing = [bool(scene[0]["bouncing"]) for scene in scenes]
+            summary["windows"] = [
+                {"frames": [w.start, w.stop], "accuracy": _accuracy(s),
+                 "bouncing_joint": proportion(sum(bool(x["correct"]) for x, b in zip(s, bouncing) if b), sum(bouncing))}
+                for w, s in zip(windows, by_window)
+            ]  # fmt: skip
+            summary["still_stays_put"] = still_stays_put(clips, scenes)
         return summary, scores
 
     def first_frame(clips: list[np.ndarray]) -> float | None:
@@ -597,10 +645,10 @@ def evaluate_shapes(
     saved: dict[str, list[str]] = {}
     for name, label, variant in variants or model_rows(pipe):
         report = (lambda msg, name=name: progress(f"[{name}] {msg}")) if progress is not None else None
-        generated = generate_clips(variant, eval_task, prompts, reals, settings, report)
-        probed = [eval_task.probed(clip, frames) for clip in generated.clips]
+        generated = generate_clips(variant, eval_task, prompts, givens, settings, report, frames=total)
         summary, scores = row(
-            name, label, probed, real_features, seconds_per_clip=generated.seconds_per_clip, first_frame_psnr=first_frame(probed)
+            name, label, generated.clips, real_features, seconds_per_clip=generated.seconds_per_clip,
+            first_frame_psnr=first_frame(generated.clips),
         )
         rows.append(summary)
         for record, s in zip(clip_records, scores):
@@ -608,8 +656,9 @@ def evaluate_shapes(
         if save_videos is not None:
             marks = [{"eval_correct": int(s["correct"]), "eval_row": name} for s in scores]
             saved[name] = save_clips(Path(save_videos) / name, generated, marks)
-        if not sheet:  # the first row: the model
-            sheet = {"clips": probed[:SHEET_CLIPS], "captions": prompts[:SHEET_CLIPS], "passed": [s["correct"] for s in scores[:SHEET_CLIPS]]}
+        if not sheet:  # the first row: the model, its last probe window
+            shown = [clip[windows[-1]] for clip in generated.clips[:SHEET_CLIPS]]
+            sheet = {"clips": shown, "captions": prompts[:SHEET_CLIPS], "passed": [s["correct"] for s in scores[:SHEET_CLIPS]]}
     references = []
     if vae_row:
         if progress is not None:
@@ -617,7 +666,7 @@ def evaluate_shapes(
         recon = through_vae(pipe, reals)
         references.append(("vae", "real clips through the VAE (the ceiling)", recon, real_features, first_frame(recon)))
     # The real clips against the same captions drawn again: the FVD floor at this n, and the probe's 100% check.
-    second_draw = extractor(as_batch(redraw(scenes, size, frames, seed=PROMPT_SEED + 1)))
+    second_draw = extractor(as_batch(redraw(scenes, size, total, seed=PROMPT_SEED + 1)))
     references.append(("real", "real clips (reference)", reals, second_draw, None))
     for name, label, clips, against, psnr0 in references:
         summary, scores = row(name, label, clips, against, seconds_per_clip=None, first_frame_psnr=psnr0)
@@ -634,14 +683,13 @@ def evaluate_shapes(
         "n": n,
         "per_combination": per_combination,
         "objects": objects,
-        "clip": {"frames": frames, "size": size, "probed_frames": frames},
+        "clip": {"frames": total, "size": size, "given_frames": window if eval_task.continues else None,
+                 "probe_windows": [[w.start, w.stop] for w in windows]},
         "settings": settings.resolved(pipe),
         "fvd": {"label": extractor.label, "standard": extractor.standard, "real_row": REAL_FVD_NOTE},
         "rows": rows,
         "clips": clip_records,
     }  # fmt: skip
-    if eval_task.probe_last:  # a continuation: say how much room the real clips leave it
-        report_data["continuation"] = continuation(scenes, [r[rows[0]["name"]]["correct"] for r in clip_records])
     if saved:
         report_data["videos"] = saved
     return report_data, sheet
@@ -668,10 +716,72 @@ def _prompts_line(report: dict[str, Any]) -> str:
     return f"{report['n']} prompts (every combination of the split at both sizes, {k} each)"
 
 
+def window_lines(report: dict[str, Any]) -> list[str]:
+    """The extend report's per-window joint accuracy (a table, rows by windows) and its still-object line."""
+    from kinema.eval.report import markdown_table, percent
+    from kinema.eval.shapes_probe import STILL_MAX_DISPLACEMENT
+
+    rows = [r for r in report["rows"] if "windows" in r]
+    spans = [w["frames"] for w in rows[0]["windows"]]
+
+    def table(joint: Callable[[dict[str, Any]], dict[str, Any]]) -> str:
+        columns = [("row", lambda r: r["label"])] + [
+            (f"window {k} (frames {a}-{b - 1})", lambda r, k=k: percent(joint(r["windows"][k]))) for k, (a, b) in enumerate(spans)
+        ]
+        return markdown_table(rows, columns)
+
+    given = report["clip"].get("given_frames")
+    still = "; ".join(f"{r['label']} {percent(r['still_stays_put'])}" for r in rows if r["still_stays_put"]["n"])
+    return [
+        f"Joint accuracy by window, the probe reading each {spans[0][1] - spans[0][0]}-frame window on its own"
+        + (f" (the first {given} frames are the real clip the model was given)" if given else "") + ". Bouncing prompts:",
+        "",
+        table(lambda w: w["bouncing_joint"]),
+        "",
+        "All prompts (bouncing and still):",
+        "",
+        table(lambda w: w["accuracy"]["joint"]),
+        "",
+        f"Still objects that stay put (moved < {STILL_MAX_DISPLACEMENT:.2f} S over the whole clip): {still or 'no still prompts'}.",
+    ]
+
+
+def draw_windows(report: dict[str, Any], path: str | Path) -> None:
+    """The per-window joint accuracy of every row as a PNG line chart (window k against k), written atomically."""
+    from PIL import Image, ImageDraw
+
+    from kinema.atomic import atomic_write
+
+    rows = [r for r in report["rows"] if "windows" in r]
+    count = len(rows[0]["windows"])
+    W, H, left, right, top, bottom = 640, 360, 50, 170, 20, 40
+    x_of = lambda k: left + (k / max(count - 1, 1)) * (W - left - right)  # noqa: E731
+    y_of = lambda v: top + (1.0 - v) * (H - top - bottom)  # noqa: E731
+    image = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(image)
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        draw.line([(left, y_of(v)), (W - right, y_of(v))], fill=(230, 230, 230))
+        draw.text((8, y_of(v) - 6), f"{v:.0%}", fill="black")
+    for k in range(count):
+        draw.text((x_of(k) - 3, H - bottom + 6), str(k), fill="black")
+    draw.rectangle([left, top, W - right, H - bottom], outline="black")
+    draw.text(((W - right + left) / 2 - 60, H - 16), "window (16 frames each)", fill="black")
+    colours = [(30, 90, 200), (220, 120, 30), (120, 120, 120), (40, 160, 60), (180, 40, 160)]
+    for i, r in enumerate(rows):
+        colour = colours[i % len(colours)]
+        points = [(x_of(k), y_of(w["accuracy"]["joint"]["rate"])) for k, w in enumerate(r["windows"])]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        draw.text((W - right + 10, top + 16 * i), r["name"], fill=colour)
+    draw.text((left + 5, top + 3), "joint accuracy", fill="black")
+    atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG"))
+
+
 def shapes_markdown(report: dict[str, Any]) -> str:
     """The Markdown summary of a shapes report."""
     from kinema.eval.report import markdown_table, number, percent
-    from kinema.eval.shapes_probe import STILL_MAX_DISPLACEMENT
 
     objects = report.get("objects", 1)  # reports from before --objects are of one object
     acc = lambda key: lambda r: percent(r["accuracy"][key])  # noqa: E731
@@ -725,15 +835,8 @@ def shapes_markdown(report: dict[str, Any]) -> str:
             f"{report['fvd']['label']}: a small 3D CNN trained by kinema on shapes clips, not the I3D of published "
             "FVD numbers; compare it only with itself at the same n."
         )
-    if "continuation" in report:
-        c = report["continuation"]
-        lines.append(
-            f"Room to continue: at its own clip's speed the object stays in the canvas to the last extended frame in "
-            f"{percent(c['inside_at_own_speed'])} of clips (the still ones: a moving object covers 0.3-0.5 of the canvas "
-            f"every {report['clip']['frames'] - 1} frames). {percent(c['room_for_motion'])} of clips leave the object "
-            f"the {STILL_MAX_DISPLACEMENT:.2f} S ahead of it that the probe needs to see its motion; on those the "
-            f"model's joint accuracy is {percent(c['model_joint_with_room'])}."
-        )
+    if any("windows" in r for r in report["rows"]):
+        lines += ["", *window_lines(report)]
     over = "clips" if objects == 1 else "objects"
     spread = [r for r in report["rows"] if r.get("area_spread_by_frame")]
     if spread:

@@ -79,6 +79,11 @@ class VAEConfig:
     """Per-channel mean of the posterior means on training data (see `measure_latent_stats`); None = zeros."""
     latent_std: tuple[float, ...] | None = None
     """Per-channel std of the same; `encode` returns (z - mean) / std and `decode` undoes it; None = ones."""
+    causal_padding: str = "zeros"
+    """What the causal convs see before frame 0: "zeros" (Wan) or "replicate" (frame 0, as if the clip had stood
+    still before it; the encoder's time downsampling then sees frame 0 too). With zeros a deep encoder's first
+    latent frames come out weaker, and the shipped shapes VAE kept colours 5-7x closer in latent frame 0 than
+    later, where a denoiser's small error swaps them; the shapes VAE uses "replicate"."""
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "base_channels", "num_res_blocks", "video_channels"):
@@ -121,6 +126,8 @@ class VAEConfig:
                 )
         if self.latent_std is not None and not all(s > 0 for s in self.latent_std):
             raise ValueError(f"VAEConfig.latent_std must be all > 0, got {self.latent_std}")
+        if self.causal_padding not in shared_conv.PAST_PADDINGS:
+            raise ValueError(f"VAEConfig.causal_padding must be one of {shared_conv.PAST_PADDINGS}, got {self.causal_padding!r}")
 
     @property
     def spatial_factor(self) -> int:
@@ -185,12 +192,14 @@ def vae_shapes(
 ) -> VAEConfig:
     """The shapes model's VAE (1.8M parameters): 64x64x17 clips -> latents (8, 5, 16, 16) at the defaults.
 
-    About 0.85 GFLOP per 64x64 frame to encode and decode, so it trains on a laptop CPU in hours.
+    About 0.85 GFLOP per 64x64 frame to encode and decode, so it trains on a laptop CPU in hours. Its causal
+    convs replicate frame 0 into the past (`VAEConfig.causal_padding`), so latent frame 0 keeps colours as far
+    apart as the later ones.
     """
     stages, flags = _layout(spatial_factor, temporal_factor)
     base = dict(
         latent_channels=latent_channels, base_channels=16, channel_mult=(1, 2) + (4,) * (stages - 2),
-        temporal_downsample=flags, num_res_blocks=1,
+        temporal_downsample=flags, num_res_blocks=1, causal_padding="replicate",
     )
     return VAEConfig(**{**base, **overrides})
 
@@ -279,13 +288,13 @@ class ResBlock(nn.Module):
     x: (B, C, T, H, W) -> (B, C_out, T, H, W)
     """
 
-    def __init__(self, dim: int, out_dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, out_dim: int, dropout: float, past: str = "zeros") -> None:
         super().__init__()
         self.norm1 = ChannelRMSNorm(dim, eps=NORM_EPS)
-        self.conv1 = CausalConv3d(dim, out_dim, 3)
+        self.conv1 = CausalConv3d(dim, out_dim, 3, past=past)
         self.norm2 = ChannelRMSNorm(out_dim, eps=NORM_EPS)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = CausalConv3d(out_dim, out_dim, 3)
+        self.conv2 = CausalConv3d(out_dim, out_dim, 3, past=past)
         self.conv_shortcut = CausalConv3d(dim, out_dim, 1) if dim != out_dim else nn.Identity()
 
     def forward(self, x: torch.Tensor, state: CausalState | None = None) -> torch.Tensor:
@@ -317,9 +326,9 @@ class FrameAttention(nn.Module):
 class MidBlock(nn.Module):
     """ResBlock, FrameAttention, ResBlock at the deepest stage.  x: (B, C, T, H, W) -> same."""
 
-    def __init__(self, dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, dropout: float, past: str = "zeros") -> None:
         super().__init__()
-        self.resnets = nn.ModuleList([ResBlock(dim, dim, dropout), ResBlock(dim, dim, dropout)])
+        self.resnets = nn.ModuleList([ResBlock(dim, dim, dropout, past), ResBlock(dim, dim, dropout, past)])
         self.attentions = nn.ModuleList([FrameAttention(dim)])
 
     def forward(self, x: torch.Tensor, state: CausalState | None = None) -> torch.Tensor:
@@ -331,14 +340,16 @@ class MidBlock(nn.Module):
 class Downsample(nn.Module):
     """Halve H and W (a stride-2 3x3 conv per frame); with `time`, then halve T after the first frame.
 
-    The time conv (kernel 3, stride 2) maps frames (2j - 2, 2j - 1, 2j) to output frame j >= 1; frame 0 passes alone.
+    The time conv (kernel 3, stride 2) maps frames (2j - 2, 2j - 1, 2j) to output frame j >= 1; frame 0 passes
+    alone (past "zeros", as Wan) or through the conv as (0, 0, 0) with frame 0 held before it (past "replicate").
     x: (B, C, T, H, W) -> (B, C, T', H/2, W/2), T' = 1 + (T - 1) / 2 in the chunk holding frame 0, T / 2 after it.
     """
 
-    def __init__(self, dim: int, *, time: bool) -> None:
+    def __init__(self, dim: int, *, time: bool, past: str = "zeros") -> None:
         super().__init__()
         self.conv = nn.Conv2d(dim, dim, 3, stride=2)
         self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=0) if time else None
+        self.past = past
 
     def forward(self, x: torch.Tensor, state: CausalState | None = None) -> torch.Tensor:
         x = per_frame(self.conv, F.pad(x, (0, 1, 0, 1)))  # pads right and bottom only, as Wan
@@ -349,6 +360,8 @@ class Downsample(nn.Module):
             return self.time_conv(torch.cat([past, x], dim=2))
         if state is not None:
             state.past[self] = x[:, :, -1:].clone()
+        if self.past == "replicate":
+            return self.time_conv(torch.cat([x[:, :, :1], x[:, :, :1], x], dim=2))
         pairs = self.time_conv(x) if x.shape[2] > 1 else x[:, :, :0]
         return torch.cat([x[:, :, :1], pairs], dim=2)
 
@@ -360,9 +373,9 @@ class Upsample(nn.Module):
     x: (B, C, T, H, W) -> (B, C_out, T', 2H, 2W), T' = 1 + 2 (T - 1) in the chunk holding frame 0, 2T after it.
     """
 
-    def __init__(self, dim: int, out_dim: int, *, time: bool) -> None:
+    def __init__(self, dim: int, out_dim: int, *, time: bool, past: str = "zeros") -> None:
         super().__init__()
-        self.time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1)) if time else None
+        self.time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1), past=past) if time else None
         self.conv = nn.Conv2d(dim, out_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor, state: CausalState | None = None) -> torch.Tensor:
@@ -380,11 +393,13 @@ class Upsample(nn.Module):
 class UpBlock(nn.Module):
     """ResBlocks, then an optional Upsample (to half the channels).  x: (B, C, T, H, W) -> (B, C', T', H', W')."""
 
-    def __init__(self, dim: int, out_dim: int, num_resnets: int, dropout: float, upsample: bool, time: bool) -> None:
+    def __init__(
+        self, dim: int, out_dim: int, num_resnets: int, dropout: float, upsample: bool, time: bool, past: str = "zeros"
+    ) -> None:
         super().__init__()
         widths = [dim] + [out_dim] * (num_resnets - 1)
-        self.resnets = nn.ModuleList([ResBlock(width, out_dim, dropout) for width in widths])
-        self.upsample = Upsample(out_dim, out_dim // 2, time=time) if upsample else None
+        self.resnets = nn.ModuleList([ResBlock(width, out_dim, dropout, past) for width in widths])
+        self.upsample = Upsample(out_dim, out_dim // 2, time=time, past=past) if upsample else None
 
     def forward(self, x: torch.Tensor, state: CausalState | None = None) -> torch.Tensor:
         for resnet in self.resnets:
@@ -401,18 +416,19 @@ class Encoder(nn.Module):
     def __init__(self, c: VAEConfig) -> None:
         super().__init__()
         dims = [c.base_channels * m for m in (1, *c.channel_mult)]
-        self.conv_in = CausalConv3d(c.video_channels, dims[0], 3)
+        past = c.causal_padding
+        self.conv_in = CausalConv3d(c.video_channels, dims[0], 3, past=past)
         blocks: list[nn.Module] = []
         for i, (dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             for _ in range(c.num_res_blocks):
-                blocks.append(ResBlock(dim, out_dim, c.dropout))
+                blocks.append(ResBlock(dim, out_dim, c.dropout, past))
                 dim = out_dim
             if i < len(c.channel_mult) - 1:
-                blocks.append(Downsample(out_dim, time=c.temporal_downsample[i]))
+                blocks.append(Downsample(out_dim, time=c.temporal_downsample[i], past=past))
         self.down_blocks = nn.ModuleList(blocks)
-        self.mid_block = MidBlock(dims[-1], c.dropout)
+        self.mid_block = MidBlock(dims[-1], c.dropout, past)
         self.norm_out = ChannelRMSNorm(dims[-1], eps=NORM_EPS)
-        self.conv_out = CausalConv3d(dims[-1], 2 * c.latent_channels, 3)
+        self.conv_out = CausalConv3d(dims[-1], 2 * c.latent_channels, 3, past=past)
 
     def forward(self, x: torch.Tensor, state: CausalState | None = None) -> torch.Tensor:
         x = causal_conv(self.conv_in, x.to(self.conv_in.weight.dtype, memory_format=_CHANNELS_LAST), state)
@@ -433,20 +449,21 @@ class Decoder(nn.Module):
         mult = c.channel_mult
         dims = [c.base_channels * m for m in (mult[-1], *reversed(mult))]
         time_up = tuple(reversed(c.temporal_downsample))
-        self.conv_in = CausalConv3d(c.latent_channels, dims[0], 3)
-        self.mid_block = MidBlock(dims[0], c.dropout)
+        past = c.causal_padding
+        self.conv_in = CausalConv3d(c.latent_channels, dims[0], 3, past=past)
+        self.mid_block = MidBlock(dims[0], c.dropout, past)
         blocks = []
         for i, (dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             upsample = i < len(mult) - 1
             blocks.append(
                 UpBlock(
                     dim if i == 0 else dim // 2,  # the previous stage's Upsample halved its width
-                    out_dim, c.num_res_blocks + 1, c.dropout, upsample, time=upsample and time_up[i],
+                    out_dim, c.num_res_blocks + 1, c.dropout, upsample, time=upsample and time_up[i], past=past,
                 )
             )
         self.up_blocks = nn.ModuleList(blocks)
         self.norm_out = ChannelRMSNorm(dims[-1], eps=NORM_EPS)
-        self.conv_out = CausalConv3d(dims[-1], c.video_channels, 3)
+        self.conv_out = CausalConv3d(dims[-1], c.video_channels, 3, past=past)
 
     def forward(self, z: torch.Tensor, state: CausalState | None = None) -> torch.Tensor:
         x = causal_conv(self.conv_in, z.to(self.conv_in.weight.dtype, memory_format=_CHANNELS_LAST), state)

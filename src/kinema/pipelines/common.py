@@ -452,10 +452,22 @@ def run_sampler(
 
 
 def sample_and_decode(
-    pipe: Pipeline, task: str, prompts: Sequence[str], cond: Conditioning, plan: Plan, progress: Progress = QUIET
+    pipe: Pipeline,
+    task: str,
+    prompts: Sequence[str],
+    cond: Conditioning,
+    plan: Plan,
+    progress: Progress = QUIET,
+    rngs: Sequence[SampleRandom] | None = None,
 ) -> list[Video]:
-    """What text-to-video, image-to-video and interpolation share: noise, sampling under `cond`, decoding."""
-    noise, rngs = prepare_noise(plan.latent_shape, plan.seeds, device=pipe.device)
+    """What text-to-video, image-to-video and interpolation share: noise, sampling under `cond`, decoding.
+
+    rngs: each sample's random streams to draw from (a long video goes on drawing from them); default fresh
+    ones from plan.seeds."""
+    if rngs is None:
+        noise, rngs = prepare_noise(plan.latent_shape, plan.seeds, device=pipe.device)
+    else:
+        noise = draw_noise(plan.latent_shape, rngs, device=pipe.device)
     latents = run_sampler(pipe, noise, cond, encode_prompts(pipe.text_encoder, prompts), plan, rngs, progress=progress)
     return to_videos(decode(pipe, latents, progress), plan.fps, metadata(pipe, plan, task, prompts))
 

@@ -240,9 +240,15 @@ class Pipeline:
         num_videos: int = 1,
         fps: float | None = None,
         image_first: bool | None = None,
+        window_frames: int | None = None,
+        context_frames: int | None = None,
         progress: bool = False,
     ) -> Video | list[Video]:
         """Text-to-video, or image-to-video when `image` is given (it becomes frame 0).
+
+        A clip longer than `window_frames` (default `settings.num_frames`, what the model was trained on) is
+        made window after window: the first window as asked, then extension (`extend`), each window knowing
+        the last `context_frames` frames so far; memory is one window's whatever num_frames is.
 
         prompt: a prompt, or a list (one video per prompt and seed). image: a path, `Video`, uint8 array
         or tensor (see `kinema.pipelines.inputs`); the clip takes its size unless height/width are given,
@@ -261,19 +267,34 @@ class Pipeline:
             picture = as_image(image, "image")
             height = picture.height if height is None else height
             width = picture.width if width is None else width
+        window = self.settings.num_frames if window_frames is None else common.check_count(window_frames, "window_frames")
+        total = window if num_frames is None else common.check_count(num_frames, "num_frames")
+        long = total > window
         plan = self._plan(
-            len(prompts), seed, num_inference_steps, guidance_scale, sampler, num_frames, height, width, fps,
-            guidance_interval=guidance_interval, shift=shift, image_first=image_first if picture is None else False,
-            least_latents=1 if picture is None else 2,  # image-to-video needs a latent frame after the image
+            len(prompts), seed, num_inference_steps, guidance_scale, sampler, window if long else total, height, width,
+            fps, guidance_interval=guidance_interval, shift=shift, image_first=image_first if picture is None else False,
+            least_latents=2 if picture is not None or long else 1,  # a latent frame after the image, or the context
+            frames_name="window_frames" if long else "num_frames",
         )  # fmt: skip
         runs = 2 if plan.image_first and plan.latent_shape[1] > 1 else 1  # frame 0 alone, then the clip
         chunks = self.vae.num_chunks(plan.latent_shape[1]) + (runs - 1) * self.vae.num_chunks(1)
-        n = len(prompts)
-        with common.Progress("generate", steps=n * plan.steps * runs, chunks=n * chunks, enabled=progress) as bar:
-            if picture is None:
+        context, windows = 0, 0
+        if long:
+            common.check_frames(self, total)  # whole latent frames, as one window would make them
+            context = self._context_frames(context_frames, plan)
+            windows = len(tasks.extension_windows(self, plan.num_frames, total - plan.num_frames, context, plan))
+            chunks += windows * self.vae.num_chunks(plan.latent_shape[1])
+        elif context_frames is not None:
+            raise KinemaError(f"context_frames applies to clips longer than a window ({window} frames); num_frames is {total}")
+        image = None if picture is None else resized(picture, plan.height, plan.width)
+        n, steps = len(prompts), plan.steps * (runs + windows)
+        with common.Progress("generate", steps=n * steps, chunks=n * chunks, enabled=progress) as bar:
+            if long:
+                videos = tasks.long_video(self, prompts, image, total, context, plan, bar)
+            elif image is None:
                 videos = tasks.text_to_video(self, prompts, plan, bar)
             else:
-                videos = tasks.image_to_video(self, resized(picture, plan.height, plan.width), prompts, plan, bar)
+                videos = tasks.image_to_video(self, image, prompts, plan, bar)
         return videos[0] if single else videos
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ f(j - 1) + 1 .. fj, so:
     interpolation    latent frame 0 from `first`; the last latent frame from `last` held for 1 + f frames
     extension        the clip's last 1 + f(k - 1) frames re-encoded as a fresh clip are latent frames 0..k-1
                      of a window; the window's new frames are appended; repeat (memory of one window)
+    long video       text- or image-to-video for the first window, then extension to the asked length
     edit             SDEdit: the clip's latents noised to the level `strength` of the way up the schedule,
                      then denoised under the new prompt; with a mask, everything outside it is known
 
@@ -39,6 +40,8 @@ from kinema.pipelines.common import (
     metadata,
     prepare_noise,
     run_sampler,
+    SampleRandom,
+    TextInputs,
     sample_and_decode,
     sample_random,
     sampling_sigmas,
@@ -54,7 +57,9 @@ def _batch(x: Tensor, n: int) -> Tensor:
     return x.expand(n, *x.shape[1:])
 
 
-def text_to_video(pipe: Pipeline, prompts: Sequence[str], plan: Plan, progress: Progress = QUIET) -> list[Video]:
+def text_to_video(
+    pipe: Pipeline, prompts: Sequence[str], plan: Plan, progress: Progress = QUIET, rngs: Sequence[SampleRandom] | None = None
+) -> list[Video]:
     """A clip per (prompt, seed) from noise alone; with plan.image_first, frame 0 first, then the rest.
 
     The factorized way (Emu Video) samples frame 0 as a one-frame clip, then the clip from that image
@@ -65,9 +70,12 @@ def text_to_video(pipe: Pipeline, prompts: Sequence[str], plan: Plan, progress: 
     n, (c, t, h, w) = len(plan.seeds), plan.latent_shape
     if not plan.image_first or t == 1:
         cond = conditioning.text_to_video((n, *plan.latent_shape), device=pipe.device)
-        return sample_and_decode(pipe, "text-to-video", prompts, cond, plan, progress)
+        return sample_and_decode(pipe, "text-to-video", prompts, cond, plan, progress, rngs)
     texts = encode_prompts(pipe.text_encoder, prompts)
-    noise, rngs = prepare_noise((c, 1, h, w), plan.seeds, device=pipe.device)
+    if rngs is None:
+        noise, rngs = prepare_noise((c, 1, h, w), plan.seeds, device=pipe.device)
+    else:
+        noise = draw_noise((c, 1, h, w), rngs, device=pipe.device)
     blank = conditioning.text_to_video((n, c, 1, h, w), device=pipe.device)
     image = run_sampler(pipe, noise, blank, texts, plan, rngs, progress=progress)
     pixels = torch.stack([to_tensor(frames) for frames in to_uint8(decode(pipe, image, progress))])  # as saved: uint8 levels
@@ -77,11 +85,18 @@ def text_to_video(pipe: Pipeline, prompts: Sequence[str], plan: Plan, progress: 
     return to_videos(decode(pipe, latents, progress), plan.fps, metadata(pipe, plan, "text-to-video", prompts, image_first=True))
 
 
-def image_to_video(pipe: Pipeline, image: Video, prompts: Sequence[str], plan: Plan, progress: Progress = QUIET) -> list[Video]:
+def image_to_video(
+    pipe: Pipeline,
+    image: Video,
+    prompts: Sequence[str],
+    plan: Plan,
+    progress: Progress = QUIET,
+    rngs: Sequence[SampleRandom] | None = None,
+) -> list[Video]:
     """A clip per (prompt, seed) whose frame 0 is `image` (as the VAE reconstructs it)."""
     first = encode(pipe, image.to_tensor()[None])  # (1, C, 1, h, w)
     cond = conditioning.image_to_video(_batch(first, len(plan.seeds)), plan.latent_shape[1])
-    return sample_and_decode(pipe, "image-to-video", prompts, cond, plan, progress)
+    return sample_and_decode(pipe, "image-to-video", prompts, cond, plan, progress, rngs)
 
 
 def interpolation(
@@ -143,28 +158,78 @@ def extension(
     whose latents are valid first frames for the causal VAE) and on window_prompts[w]. Only one
     window is ever in the denoiser or the VAE; the frames made so far are kept as uint8.
     """
-    adds = extension_windows(pipe, clip.num_frames, new_frames, context_frames, plan)
     texts = encode_prompts(pipe.text_encoder, window_prompts)
-    first_context = context_for(pipe, clip.num_frames, context_frames)
-    videos = []
-    for seed in plan.seeds:  # one sample at a time, as alone
-        rng = sample_random(seed, pipe.device)
-        tail = clip.to_tensor()[:, clip.num_frames - first_context :]  # (3, context, H, W)
-        pieces = [clip.frames]
-        for text, add in zip(texts, adds):
-            known = encode(pipe, tail[None])  # (1, C, k, h, w)
-            cond = conditioning.extension(known, plan.latent_shape[1])
-            noise = draw_noise(plan.latent_shape, [rng], device=pipe.device)
-            latents = run_sampler(pipe, noise, cond, [text], plan, [rng], progress=progress)
-            new = decode(pipe, latents, progress)[0, :, tail.shape[1] :]  # (3, frames after the context, H, W)
-            pieces.append(to_uint8(new[:, :add]))
-            tail = torch.cat([tail, new], dim=1)[:, -context_frames:]
-        videos.append(np.concatenate(pieces))
+    videos = [
+        continued(pipe, clip.frames, texts, new_frames, context_frames, plan, sample_random(seed, pipe.device), progress)
+        for seed in plan.seeds  # one sample at a time, as alone
+    ]
     prompt = list(window_prompts) if len(set(window_prompts)) > 1 else window_prompts[0]
     meta = metadata(
         pipe, plan, "extension", [prompt] * len(plan.seeds),
         input_frames=clip.num_frames, context_frames=context_frames, window_frames=plan.num_frames,
     )  # fmt: skip
+    return [Video(frames, fps=plan.fps, metadata=m) for frames, m in zip(videos, meta)]
+
+
+def continued(
+    pipe: Pipeline,
+    frames: np.ndarray,
+    texts: Sequence[TextInputs],
+    new_frames: int,
+    context_frames: int,
+    plan: Plan,
+    rng: SampleRandom,
+    progress: Progress = QUIET,
+) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) followed by `new_frames` frames made window after window, one sample.
+
+    texts: the encoded prompt of each window (`encode_prompts`); rng: the sample's random streams, drawn on.
+    Each window knows the last `context_frames` frames so far, re-encoded as a fresh clip: the causal VAE's
+    latent frame 0 is one frame alone, so the previous window's own latent frames (frame 0 of four) would
+    not be valid first latents of the next.
+    """
+    adds = extension_windows(pipe, len(frames), new_frames, context_frames, plan)
+    first_context = context_for(pipe, len(frames), context_frames)
+    tail = to_tensor(frames[len(frames) - first_context :])  # (3, context, H, W)
+    pieces = [frames]
+    for w, add in enumerate(adds):
+        known = encode(pipe, tail[None])  # (1, C, k, h, w)
+        cond = conditioning.extension(known, plan.latent_shape[1])
+        noise = draw_noise(plan.latent_shape, [rng], device=pipe.device)
+        latents = run_sampler(pipe, noise, cond, [texts[w]], plan, [rng], progress=progress)
+        new = decode(pipe, latents, progress)[0, :, tail.shape[1] :]  # (3, frames after the context, H, W)
+        pieces.append(to_uint8(new[:, :add]))
+        tail = torch.cat([tail, new], dim=1)[:, -context_frames:]
+    return np.concatenate(pieces)
+
+
+def long_video(
+    pipe: Pipeline,
+    prompts: Sequence[str],
+    image: Video | None,
+    num_frames: int,
+    context_frames: int,
+    plan: Plan,
+    progress: Progress = QUIET,
+) -> list[Video]:
+    """A clip per (prompt, seed) of `num_frames` frames, longer than the plan's window: text-to-video (or
+    image-to-video from `image`) makes the first window, then extension adds the rest, window after window,
+    each knowing the last `context_frames` frames. Memory is one window's whatever the length; each sample
+    draws every window's noise from its own seed's streams, so a sample is the same alone or in a batch."""
+    rngs = [sample_random(seed, pipe.device) for seed in plan.seeds]
+    if image is None:
+        firsts = text_to_video(pipe, prompts, plan, progress, rngs)
+    else:
+        firsts = image_to_video(pipe, image, prompts, plan, progress, rngs)
+    new_frames = num_frames - plan.num_frames
+    windows = len(extension_windows(pipe, plan.num_frames, new_frames, context_frames, plan))
+    videos = []
+    for prompt, first, rng in zip(prompts, firsts, rngs):
+        texts = encode_prompts(pipe.text_encoder, [prompt] * windows)
+        frames = continued(pipe, first.frames, texts, new_frames, context_frames, plan, rng, progress)
+        videos.append(frames)
+    task = "text-to-video" if image is None else "image-to-video"
+    meta = metadata(pipe, plan, task, prompts, window_frames=plan.num_frames, context_frames=context_frames)
     return [Video(frames, fps=plan.fps, metadata=m) for frames, m in zip(videos, meta)]
 
 

@@ -39,7 +39,7 @@ STORES = ("auto", "memory", "stream")
 
 SAFE_ON_RESUME = (
     "steps", "log", "sample", "checkpoint.every", "checkpoint.keep", "data.num_workers", "data.store", "data.store_dir",
-    "diffusion.init_from",
+    "init_from", "diffusion.init_from",
 )  # fmt: skip
 """Dotted names (and their sub-fields) that may change when a run resumes: they do not change what is learned
 (init_from only starts a new run)."""
@@ -330,6 +330,10 @@ class TrainConfig:
     """The autoencoder trained by the vae stage."""
     vae_loss: VAELossConfig | None = None
     """Weights of the vae stage's loss terms."""
+    init_from: str | None = None
+    """Fine-tune the vae stage: a VAE (a VAE run's folder, a pipeline directory or a shipped name such as
+    "shapes") whose weights start a new run; `vae` must have its shapes. The diffusion stage's counterpart
+    is diffusion.init_from."""
     dit: DiTConfig | None = None
     """The denoiser of the diffusion stage, a DiT (set exactly one of dit and unet)."""
     unet: UNetConfig | None = None
@@ -368,6 +372,10 @@ class TrainConfig:
             except KinemaError as e:
                 raise ValueError(f"data.frames / data.size do not fit the VAE: {e}") from None
             _check(
+                self.init_from is None or bool(self.init_from),
+                "init_from must name a VAE (a run's folder, a pipeline directory or a shipped name), or be left unset",
+            )
+            _check(
                 self.dit is None and self.unet is None and self.diffusion is None,
                 "stage 'vae' takes no `dit`, `unet` or `diffusion` config; set them to null",
             )
@@ -378,6 +386,7 @@ class TrainConfig:
                 self.vae is None and self.vae_loss is None,
                 "stage 'diffusion' loads its VAE from diffusion.vae_path; set `vae` and `vae_loss` to null",
             )
+            _check(self.init_from is None, "init_from fine-tunes a VAE; the diffusion stage's is diffusion.init_from")
             _check(
                 self.sample.shift is None or self.diffusion.flow is not None,
                 "sample.shift applies to flow matching; this run trains diffusion.vp: set sample.shift to null",

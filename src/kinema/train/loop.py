@@ -134,8 +134,8 @@ def _train(
         if changed:
             raise KinemaError(
                 f"cannot resume from {start}: the config changed in {', '.join(changed)}. Only steps, log.*, "
-                "sample.*, checkpoint.every, checkpoint.keep, data.num_workers, data.store, data.store_dir and "
-                "diffusion.init_from may change on resume; "
+                "sample.*, checkpoint.every, checkpoint.keep, data.num_workers, data.store, data.store_dir, "
+                "init_from and diffusion.init_from may change on resume; "
                 "restore the others, use a new --out, or change them on purpose with --allow-change NAME"
             )
     micro_size, rest = divmod(d.batch_size, world.size * o.grad_accum)

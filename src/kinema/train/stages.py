@@ -68,6 +68,14 @@ def build_vae(config: TrainConfig) -> tuple[nn.Module, Frozen]:
     return VideoVAE(config.vae), {}
 
 
+@torch.no_grad()
+def init_vae(model: nn.Module, frozen: Frozen, config: TrainConfig) -> None:
+    """init_from: copy a saved VAE's weights into a new run (its latent statistics are measured again on export)."""
+    if config.init_from is None:
+        return
+    _copy_weights(f"init_from={config.init_from!r}", "VAE", "vae", model, load_frozen_vae(config.init_from))
+
+
 def prepare_vae(frozen: Frozen, group: Group, config: TrainConfig) -> Group:
     return group
 
@@ -410,7 +418,7 @@ def compile_diffusion(model: nn.Module) -> None:
 
 
 STAGES: dict[str, Stage] = {
-    "vae": Stage(build_vae, prepare_vae, vae_step, preview_vae, export_vae),
+    "vae": Stage(build_vae, prepare_vae, vae_step, preview_vae, export_vae, init=init_vae),
     "diffusion": Stage(
         build_diffusion, prepare_diffusion, diffusion_step, preview_diffusion, export_diffusion, init_diffusion,
         compile_diffusion,
