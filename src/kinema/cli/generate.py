@@ -3,6 +3,7 @@
     kinema generate "a red circle moving right" --out circle.mp4
     kinema generate "a red circle moving right" --image first.png
     kinema generate "a red circle moving right" --image first.png --last-image last.png
+    kinema generate "a red circle bouncing left and right" --frames 129    # long video, window after window
     kinema generate "a red circle moving right" --extend circle.mp4 --frames 48
     kinema generate "a blue circle moving right" --edit circle.mp4 --strength 0.6 --mask mask.png
 
@@ -38,7 +39,7 @@ def generate(
     edit: Optional[str] = typer.Option(None, "--edit", help="Re-make this clip under the prompt (SDEdit)."),
     strength: Optional[float] = typer.Option(None, "--strength", help="With --edit: how much changes, in (0, 1] (default 0.6)."),
     mask: Optional[str] = typer.Option(None, "--mask", help="With --edit: an image of the clip's size, white = regenerate, black = keep."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Frames of the clip (1 + 4k for the shapes model); with --extend, frames to add."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Frames of the clip (1 + 4k for the shapes model); past the model's window (17 for shapes) it is made window after window, each continuing the last; with --extend, frames to add."),
     size: Optional[str] = typer.Option(None, "--size", help="Frame size HxW (e.g. 64x96) or one number for a square."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="euler, heun, dpmpp_2m, ddim, ddpm or unipc (default: the model's)."),
