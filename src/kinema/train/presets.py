@@ -43,16 +43,20 @@ SHAPES_PROMPTS = (
     "a large blue square moving up",
     "a small yellow triangle moving left",
     "a large green circle staying still",
+    "a small cyan square bouncing left and right",
 )
 
 
 def shapes_vae() -> TrainConfig:
     """The shapes VAE (~1.8M parameters), 4x spatial and 4x temporal compression, 8 latent channels.
 
-    Trained on one- and two-object clips (`shapes-mixed`): a VAE that only ever saw one object
-    mixes the colours of two. One image (a single frame) per ten samples teaches the first-frame
-    path that image-to-video uses. 4,000 steps: about 1.5 s a step on a 2-core CPU with AVX-512 BF16,
-    where `precision` auto trains in bf16 (1.7 hours); fp32 on other CPUs.
+    Trained on one- and two-object clips (`shapes-mixed`, bouncing motions included): a VAE that only
+    ever saw one object mixes the colours of two. One image (a single frame) per ten samples teaches the
+    first-frame path that image-to-video uses. Its causal convs replicate frame 0 into the past
+    (`vae_shapes`): the first shipped VAE padded with zeros and kept colours 5-7x closer in latent frame 0
+    than later (`benchmarks/latent_colours.py`), and its model drew frame 0 in another colour in 11% of
+    clips. 4,000 steps: about 1.6 s a step on a 2-core CPU with AVX-512 BF16, where `precision` auto
+    trains in bf16 (1.8 hours); fp32 on other CPUs.
     """
     return TrainConfig(
         stage="vae",
@@ -104,12 +108,16 @@ def _shapes_diffusion(
 
 def shapes_dit() -> TrainConfig:
     """The shipped shapes model: a ~4M-parameter DiT and a ~1.4M-parameter built-in text encoder trained
-    with it, flow matching, on one- and two-object clips with every conditioning task mixed in.
+    with it, flow matching, on one- and two-object clips (bouncing motions included) with every
+    conditioning task mixed in; extension (the first 1-4 latent frames known) is how long video continues
+    a clip, and a 17-frame window of a long bouncing clip is a clip of the data (uniform phase).
 
-    40,000 steps of batch 16: about 0.52 s a step on a 2-core CPU with AVX-512 BF16 and AMX, in bf16, from the
-    latent store (0.38 s with compile=true; about 6 hours; `precision` auto trains in fp32 on other CPUs,
-    `--dry-run` measures it; `benchmarks/train.py`). The default
-    model's run was lengthened three times on resume: from 10,000 steps at step 3,095 (at 2,750 steps no clip
+    40,000 steps of batch 16, each denoiser block compiled: about 0.38 s a step on a 2-core CPU with
+    AVX-512 BF16 and AMX, in bf16, from the latent store (0.52 s without compile; about 4.5 hours;
+    `precision` auto trains in fp32 on other CPUs, `--dry-run` measures it; `benchmarks/train.py`).
+
+    The first shipped model (version 1, on a VAE that padded time with zeros, before bouncing) was
+    trained with this recipe, its run lengthened three times on resume: from 10,000 steps at step 3,095 (at 2,750 steps no clip
     was fully right), to 30,000 at step 10,475 (16% of clips fully right at 10,000) and to 40,000 at step
     30,000 (89% of train prompts fully right; the cosine schedule is recomputed for the new length, so the
     learning rate rose from 3e-5 to 7e-5 there and decayed again). Until step 8,404 it drew
@@ -132,7 +140,8 @@ def shapes_dit() -> TrainConfig:
     """
     # the shipped model's sampling defaults (benchmarks/default_settings.json), so a rerun exports them too
     sample = SampleConfig(every=1000, prompts=SHAPES_PROMPTS, method="dpmpp_2m", steps=10, guidance=2.0, shift=6.0)
-    return _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=40_000, sample=sample)
+    config = _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=40_000, sample=sample)
+    return dataclasses.replace(config, compile=True)
 
 
 def shapes_dit_gpu() -> TrainConfig:
