@@ -130,6 +130,13 @@ def test_image_to_video_and_interpolation(model, files, tmp_path):
     assert video.metadata["task"] == "interpolation" and video.num_frames == 9
 
 
+def test_frames_past_the_window_make_a_long_video(model, tmp_path):
+    out = tmp_path / "long.mp4"
+    run(PROMPT, "--model", str(model), "--frames", "25", "--out", str(out), "--seed", "1")
+    video = read_video(out)
+    assert video.num_frames == 25 and video.metadata["window_frames"] == 9 and video.metadata["seed"] == 1
+
+
 def test_extension_and_masked_edit(model, files, tmp_path):
     clip = read_video(files / "clip")
     run(PROMPT, "--model", str(model), "--extend", str(files / "clip"), "--frames", "8", "--out", f"{tmp_path}/long/", "--seed", "0")

@@ -161,6 +161,39 @@ def test_extension_with_more_context_and_a_short_clip(pipe, clip):
     assert one.num_frames == 8 and np.array_equal(one.frames[:3], clip.frames[:3])
 
 
+def test_a_clip_longer_than_the_window_is_made_window_after_window(pipe, clip):
+    seen = []
+    hook = pipe.denoiser.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[2]))
+    try:
+        long = pipe.generate(PROMPT, num_frames=33, seed=0, num_inference_steps=STEPS)
+    finally:
+        hook.remove()
+    assert long.num_frames == 33 and np.array_equal(long.frames[:9], clip.frames)  # window 1 is the plain clip
+    assert max(seen) == 3  # the denoiser only ever sees one 9-frame window (3 latent frames): bounded memory
+    m = long.metadata
+    assert (m["task"], m["window_frames"], m["context_frames"]) == ("text-to-video", 9, 1)  # half the window: 1 latent frame
+    assert long.frames[9:].std() > 5
+    # each sample's windows draw from its own seed: the same alone or in a batch, and from an image too
+    pair = pipe.generate([PROMPT, "a blue square moving up"], num_frames=21, seed=7, num_inference_steps=1)
+    alone = pipe.generate("a blue square moving up", num_frames=21, seed=8, num_inference_steps=1)
+    assert np.array_equal(pair[1].frames, alone.frames)
+    first = pipe.generate(PROMPT, image=picture(), num_frames=21, seed=0, num_inference_steps=1, context_frames=5)
+    assert first.num_frames == 21 and first.metadata["task"] == "image-to-video" and first.metadata["context_frames"] == 5
+    assert psnr(first.frames[0], round_trip(pipe, picture()[None])[0]) >= 40
+
+
+def test_long_video_arguments_are_checked(pipe):
+    with pytest.raises(KinemaError, match="context_frames applies to clips longer than a window \\(9 frames\\); num_frames is 9"):
+        pipe.generate(PROMPT, context_frames=5)
+    with pytest.raises(KinemaError, match="context_frames=9 cannot be used: a window of 9 frames takes 1 \\+ 4k context frames, at most 5"):
+        pipe.generate(PROMPT, num_frames=33, context_frames=9)
+    with pytest.raises(KinemaError, match="num_frames=35 cannot be made: this model makes 1 \\+ 4k frames.*use 33 or 37"):
+        pipe.generate(PROMPT, num_frames=35)
+    with pytest.raises(KinemaError, match="window_frames=7 cannot be made"):
+        pipe.generate(PROMPT, num_frames=33, window_frames=7)
+    assert pipe.generate(PROMPT, num_frames=13, window_frames=5, seed=0, num_inference_steps=1).metadata["window_frames"] == 5
+
+
 def test_edit_follows_strength(pipe, clip):
     vae_only = round_trip(pipe, clip.frames)
     distance = []
