@@ -80,7 +80,7 @@ def generate(
         raise KinemaError("--frames does not apply to --edit: an edit keeps the clip's length (use --extend to lengthen it)")
     if (extend is not None or edit is not None) and size is not None:
         raise KinemaError("--size does not apply to --extend or --edit: the clip keeps its size (resize the clip first)")
-    prompts = _prompts(prompt, prompts_file)
+    prompts = common.check_prompts(_prompts(prompt, prompts_file), "PROMPT")
     if sampler is not None:
         common.check_sampler(sampler)
     if steps is not None:
@@ -91,7 +91,7 @@ def generate(
     if shift is not None:
         common.check_shift_value(shift, "--shift")
     if fps is not None:
-        common.check_fps(fps)
+        common.check_fps(fps, "--fps")
     if frames is not None:
         common.check_count(frames, "--frames")
     common.check_count(num, "--num")
@@ -120,6 +120,7 @@ def generate(
     pipe = Pipeline.load(model, device=device, precision=precision)
     if compile_:
         pipe.compile()
+    _warn_long(pipe, prompts)
     _warn_unfamiliar(pipe, prompts)
     common_args: dict[str, Any] = dict(
         num_inference_steps=steps, guidance_scale=guidance, guidance_interval=interval, shift=shift, sampler=sampler, seed=seed, num_videos=num, fps=fps,
@@ -127,6 +128,9 @@ def generate(
     )  # fmt: skip
     total = _total_frames(pipe, frames, clip, extend is not None)
     _check_still(targets, total)
+    _check_output_fps(targets, fps or (clip.fps if clip is not None else pipe.settings.fps))
+    inputs = {"--image": image, "--last-image": last_image, "--extend": extend, "--edit": edit}
+    _check_memory(pipe, total, len(targets), height, width, first, clip, inputs)
     if extend is not None:
         videos = pipe.extend(clip, prompts, num_frames=frames, **common_args)
     elif edit is not None:
@@ -173,6 +177,24 @@ def _prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
     return prompts
 
 
+def _short(prompt: str) -> str:
+    """A prompt as messages show it: a long one cut, with its length."""
+    return prompt if len(prompt) <= 80 else f"{prompt[:60]}... ({len(prompt)} characters)"
+
+
+def _warn_long(pipe: Any, prompts: list[str]) -> None:
+    """One line per prompt longer than the text encoder reads (it keeps the start and drops the rest)."""
+    measure = getattr(pipe.text_encoder, "prompt_length", None)
+    for prompt in dict.fromkeys(prompts) if measure is not None else ():
+        length, limit, unit = measure(prompt)
+        if length > limit:
+            typer.echo(
+                f"warning: the prompt {_short(prompt)!r} is {length} {unit}; this model reads the first {limit} "
+                "and ignores the rest",
+                err=True,
+            )
+
+
 def _warn_unfamiliar(pipe: Any, prompts: list[str]) -> None:
     """Say so when a model trained on shapes captions gets a prompt outside their grammar (it still runs)."""
     from kinema.errors import KinemaError
@@ -186,7 +208,8 @@ def _warn_unfamiliar(pipe: Any, prompts: list[str]) -> None:
         try:
             objects = parse_captions(prompt)
         except KinemaError as e:
-            typer.echo(f"warning: this model learned shapes captions only, and {e}; the clip may not follow it", err=True)
+            why = str(e) if len(prompt) <= 80 else f"cannot read {_short(prompt)!r} as a shapes caption"  # one line
+            typer.echo(f"warning: this model learned shapes captions only, and {why}; the clip may not follow it", err=True)
             continue
         if len(objects) > 1:
             _warn_objects(pipe, len(objects))
@@ -266,6 +289,49 @@ def _total_frames(pipe: Any, frames: int | None, clip: Any, extending: bool) -> 
     if clip is not None:
         return clip.num_frames
     return pipe.settings.num_frames if frames is None else frames
+
+
+def _check_memory(
+    pipe: Any, total: int, videos: int, height: int | None, width: int | None, first: Any, clip: Any,
+    inputs: dict[str, str | None],
+) -> None:
+    """Refuse, before any frame is made, what cannot fit in memory (`kinema.pipelines.memory`).
+
+    inputs: the value of each of --image, --last-image, --extend and --edit (None where not given).
+    """
+    from kinema.pipelines.memory import check_fits
+
+    window = pipe.settings.num_frames  # a longer clip is made window after window
+    given, size_flag, frames_flag = 0, "--size", "--frames"
+    if clip is not None:  # --extend or --edit: the clip keeps its size
+        flag = "--extend" if inputs["--extend"] is not None else "--edit"
+        height, width, size_flag = clip.height, clip.width, None
+        what = f"{flag} {inputs[flag]} ({height}x{width})"
+        if flag == "--extend":
+            given = clip.num_frames
+        else:  # an edit is one window
+            window, frames_flag = total, "the clip trimmed to"
+    elif height is not None:
+        what = f"--size {height}x{width}"
+    elif first is not None:
+        height, width = first.height, first.width
+        what = f"--image {inputs['--image']} ({height}x{width})"
+    else:
+        height, width, what = pipe.settings.height, pipe.settings.width, "generate"
+    if inputs["--last-image"] is not None:  # an interpolation is one window
+        window = total
+    check_fits(
+        pipe, frames=total, height=height, width=width, window=window, videos=videos, given_frames=given,
+        what=what, frames_flag=frames_flag, size_flag=size_flag,
+    )  # fmt: skip
+
+
+def _check_output_fps(targets: list[str], fps: float) -> None:
+    """The output format can hold the frame rate (a GIF at most 50 fps): checked before any frame is made."""
+    from kinema.video.write import check_fps
+
+    if not _is_folder(targets[0]):
+        check_fps(fps, Path(targets[0]).suffix, f"--out {targets[0]} at {fps:g} fps")
 
 
 def _check_still(targets: list[str], frames: int) -> None:

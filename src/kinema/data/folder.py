@@ -17,6 +17,7 @@ never stops for them.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -84,6 +85,19 @@ def _row(record: Mapping[str, Any], manifest: Path, line: int) -> ManifestRow:
     return ManifestRow(path=path, caption=(caption or "").strip(), start=start, end=end, line=line)
 
 
+def _utf8_text(manifest: Path) -> str:
+    """The manifest's text; bytes that are not UTF-8 raise KinemaError naming the line (a BOM is dropped)."""
+    data = manifest.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # utf-8-sig: spreadsheets write a BOM
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise KinemaError(
+            f"{manifest}, line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the manifest as UTF-8, "
+            f"e.g. `iconv -f latin1 -t utf-8 {manifest.name} > fixed{manifest.suffix}`"
+        ) from None
+
+
 def read_manifest(manifest: str | Path) -> list[ManifestRow]:
     """The rows of a CSV (with a header row) or JSONL manifest; a malformed manifest raises KinemaError."""
     manifest = Path(manifest).expanduser().absolute()
@@ -91,7 +105,7 @@ def read_manifest(manifest: str | Path) -> list[ManifestRow]:
         raise KinemaError(f"{manifest}: a manifest is a .csv (with a header row) or a .jsonl file")
     if not manifest.is_file():
         raise KinemaError(f"{manifest}: no such manifest; check the path")
-    with open(manifest, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: spreadsheets write a BOM
+    with io.StringIO(_utf8_text(manifest), newline="") as f:
         if manifest.suffix.lower() == ".csv":
             reader = csv.DictReader(f, skipinitialspace=True)
             columns = [c.strip() for c in reader.fieldnames or []]

@@ -271,6 +271,10 @@ class TextEncoder(PromptEncoder):
             x = block(x, mask)
         return self.norm(x) * mask[..., None]
 
+    def prompt_length(self, prompt: str) -> tuple[int, int, str]:
+        """(length, limit, unit) of a prompt: the encoder reads its first `limit` UTF-8 bytes, cuts the rest."""
+        return len(prompt.encode("utf-8", "replace")), self.config.max_length - 2, "UTF-8 bytes"
+
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenizer(prompts)
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -305,6 +309,10 @@ def _import_transformers():
             'hf: text encoders need the transformers package; install it with pip install "kinema[hf]"'
         ) from None
     return transformers
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Weight files that are Python pickles: an HF folder holding only these is refused (loading never unpickles)."""
 
 
 def _dtype_kwarg(transformers) -> str:
@@ -346,9 +354,18 @@ class HFTextEncoder(PromptEncoder):
                 f"supported: {sorted(HF_ENCODER_CLASSES)}"
             )
         model_class = getattr(transformers, HF_ENCODER_CLASSES[hf_config.model_type])
+        if not any(path.glob("*.safetensors")):
+            pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            raise KinemaError(
+                f"hf:{path}: no .safetensors weights"
+                + (f", only {', '.join(pickles[:3])} (a pickle, which kinema never loads)" if pickles else "")
+                + "; save the model with save_pretrained(folder) (transformers writes safetensors) or convert it"
+            )
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.model = model_class.from_pretrained(path, local_files_only=True, **{_dtype_kwarg(transformers): dtype})
+            self.model = model_class.from_pretrained(
+                path, local_files_only=True, use_safetensors=True, **{_dtype_kwarg(transformers): dtype}
+            )
         except (OSError, ValueError, KeyError) as e:
             raise KinemaError(f"hf:{path}: cannot load the tokenizer and model ({e})") from None
         self.tokenizer.padding_side = "right"  # the cache trims each prompt's padding off its end
@@ -366,6 +383,10 @@ class HFTextEncoder(PromptEncoder):
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def prompt_length(self, prompt: str) -> tuple[int, int, str]:
+        """(length, limit, unit) of a prompt in tokens: the encoder reads the first `limit`, cuts the rest."""
+        return len(self.tokenizer(prompt)["input_ids"]), self.max_length, "tokens"
 
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenizer(

@@ -142,9 +142,12 @@ def check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def check_fps(fps: Any) -> float:
-    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
-        raise KinemaError(f"fps must be a number > 0, got {fps!r}")
+def check_fps(fps: Any, name: str = "fps") -> float:
+    from kinema.video.write import FPS_RANGE  # what a video file can hold and read back
+
+    lo, hi = FPS_RANGE
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not lo <= fps <= hi:
+        raise KinemaError(f"{name} must be a number > 0 within {lo:g}-{hi:g} (the rates video files hold), got {fps!r}")
     return float(fps)
 
 
@@ -152,6 +155,14 @@ def check_prompts(prompt: str | Sequence[str], what: str = "prompt") -> list[str
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise KinemaError(f"{what} must be a string or a non-empty list of strings, got {prompt!r}")
+    for p in prompts:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate: bytes from argv or a file that were not UTF-8
+            raise KinemaError(
+                f"{what} is not valid text: character {e.start} stands for a byte that is not UTF-8 "
+                f"({p[max(0, e.start - 20) : e.start]!r}...); pass UTF-8 text (a UTF-8 locale, e.g. LANG=C.UTF-8)"
+            ) from None
     return prompts
 
 

@@ -19,6 +19,8 @@ The container holds no generation logic: each method checks its arguments into a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,10 +30,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from kinema import config as cfg
 from kinema import precision as precisions
 from kinema.errors import KinemaError
 from kinema.pipelines import common
 from kinema.video import Video
+
+
+SETTINGS_LIMITS = {"steps": 10_000, "num_frames": 1025, "height": 4096, "width": 4096}
+"""Largest defaults a pipeline may carry: a pipeline.json asking for more (100001 frames a window) is damaged or
+hostile, not a model. Callers may still ask for more per call (a long clip is made window after window)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +52,7 @@ class SamplingSettings:
     """Denoising steps."""
     guidance: float = 4.0
     """Classifier-free guidance scale: 1 is off, 0 unconditional, 3-7 usual."""
-    guidance_interval: tuple[float, float] | None = None
+    guidance_interval: tuple[float, float] | None = dataclasses.field(default=None, metadata={cfg.ALLOW_INF: True})
     """(sigma_lo, sigma_hi): guide only at these noise levels, the conditional pass alone elsewhere, which is
     cheaper (Kynkaanniemi et al. 2024); None guides every step."""
     shift: float | None = None
@@ -71,12 +79,14 @@ class SamplingSettings:
 
         if self.sampler not in STEPS:
             raise ValueError(f"SamplingSettings.sampler must be one of {', '.join(STEPS)}, got {self.sampler!r}")
-        for name in ("steps", "num_frames", "height", "width"):
+        for name, most in SETTINGS_LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SamplingSettings.{name} must be an int >= 1, got {value!r}")
-        if not self.guidance >= 0:
-            raise ValueError(f"SamplingSettings.guidance must be >= 0, got {self.guidance}")
+            if value > most:
+                raise ValueError(f"SamplingSettings.{name} must be at most {most} as a pipeline's default, got {value}")
+        if not 0 <= self.guidance < math.inf:
+            raise ValueError(f"SamplingSettings.guidance must be a finite number >= 0, got {self.guidance}")
         if self.guidance_interval is not None:
             from kinema.pipelines.common import check_guidance_interval
 
@@ -84,12 +94,12 @@ class SamplingSettings:
                 object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
             except KinemaError as e:
                 raise ValueError(f"SamplingSettings.{e}") from None
-        if self.shift is not None and (isinstance(self.shift, bool) or not self.shift > 0):
+        if self.shift is not None and (isinstance(self.shift, bool) or not 0 < self.shift < math.inf):
             raise ValueError(f"SamplingSettings.shift must be > 0 or None, got {self.shift!r}")
         if not isinstance(self.image_first, bool):
             raise ValueError(f"SamplingSettings.image_first must be True or False, got {self.image_first!r}")
-        if not self.fps > 0:
-            raise ValueError(f"SamplingSettings.fps must be > 0, got {self.fps}")
+        if not 0 < self.fps < math.inf:
+            raise ValueError(f"SamplingSettings.fps must be a finite number > 0, got {self.fps}")
         if self.precision not in precisions.PRECISIONS:
             raise ValueError(
                 f"SamplingSettings.precision must be one of {', '.join(precisions.PRECISIONS)}, got {self.precision!r}"

@@ -14,6 +14,15 @@ kinds, configs and weight hashes and of the process, so two pipelines with the s
 the same videos. Loading names every problem: a missing file, a hash that does not match, a
 config that does not fit its weights, an unknown shipped name (with the list of shipped ones).
 
+A pipeline folder is untrusted input, and anyone can recompute its hashes, so loading also
+checks, before any module is allocated: each component is one {role}.safetensors named inside
+the folder whose hash is the one the model hash covers; the file's safetensors header fits its
+size; the config, built on the meta device, has exactly the header's tensors (a config edited to
+ask for 154 GB is refused, not allocated). The sampling defaults and the provenance, which the
+hash does not cover, are type-checked (`kinema.config.from_dict`) and bounded, with errors that
+name pipeline.json; every weight must be finite; a Hugging Face text encoder folder holds only
+listed files and loads from safetensors alone.
+
 Pipelines shipped inside the package live in `kinema/assets/pipelines/<name>/`.
 """
 
@@ -180,6 +189,11 @@ def shipped_pipelines() -> list[str]:
 
 def resolve(name_or_path: str | os.PathLike[str]) -> Path:
     """A shipped name (no slash) -> its folder in the package; anything else -> that directory."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not isinstance(os.fspath(name_or_path), str):
+        raise KinemaError(
+            f"name_or_path must be a str or pathlib.Path, got {type(name_or_path).__name__}: the name of a shipped "
+            "pipeline (e.g. 'shapes') or a directory written by Pipeline.save or `kinema train`"
+        )
     text = os.fspath(name_or_path)
     shipped = shipped_pipelines()
     is_name = bool(text) and "/" not in text and os.sep not in text and not text.startswith((".", "~"))
@@ -239,13 +253,108 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def check_files(directory: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
-    """Every listed file exists and has its hash; returns the safetensors files' bytes (read once)."""
-    missing, wrong, data = [], [], {}
-    for role, record in manifest["components"].items():
+OUTSIDE_HASH = (
+    "this part of {manifest} is not covered by the pipeline's hash (it was edited by hand or damaged): correct it "
+    "there, or save the pipeline again"
+)
+HF_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _bad(directory: Path, problem: str, *, outside_hash: bool = True) -> KinemaError:
+    """An error about {directory}/pipeline.json; `outside_hash` says the value is not covered by its hash."""
+    tail = OUTSIDE_HASH.format(manifest=MANIFEST) if outside_hash else "save the pipeline again"
+    return KinemaError(f"{directory / MANIFEST}: {problem}; {tail}")
+
+
+def _safe_name(name: Any) -> bool:
+    """A file name inside the pipeline directory: relative, "/"-separated, with no '..' or empty parts."""
+    if not isinstance(name, str) or not name or "\\" in name or name.startswith("/"):
+        return False
+    return all(part and part not in (".", "..") for part in name.split("/"))
+
+
+def check_components(directory: Path, manifest: dict[str, Any]) -> None:
+    """Each component record's kind, config and file list are well formed (before any file is read).
+
+    A kinema component is one {role}.safetensors whose hash is the record's `weights` (which the model hash
+    covers); a Hugging Face text encoder is the files of the text_encoder/ folder, every one listed.
+    """
+    components = manifest["components"]
+    unknown = sorted(set(components) - set(ROLES))
+    if unknown:
+        raise _bad(directory, f"unknown component(s) {unknown}; a pipeline has {', '.join(ROLES)}", outside_hash=False)
+    for role, record in components.items():
+        kind = record.get("kind")
+        if kind not in ROLES[role]:
+            raise _bad(
+                directory,
+                f"component {role!r} has kind {kind!r}; a {role} is one of {', '.join(ROLES[role])}",
+                outside_hash=False,
+            )
+        if not isinstance(record.get("config"), dict):
+            raise _bad(
+                directory, f"component {role!r} has no config object (got {_show(record.get('config'))})", outside_hash=False
+            )
         files = record.get("files")
         if not isinstance(files, dict) or not files:
-            raise KinemaError(f"{directory / MANIFEST}: component {role!r} lists no files; save the pipeline again")
+            raise _bad(directory, f"component {role!r} lists no files")
+        for name, sha in files.items():
+            if not _safe_name(name) or not isinstance(sha, str):
+                raise _bad(
+                    directory,
+                    f"component {role!r} lists the file {name!r} with hash {_show(sha)}; files are named inside "
+                    "the pipeline folder (no '..', no absolute paths), each with its sha256",
+                )
+        if kind == "hf":
+            folder = record.get("folder", HF_FOLDER)
+            if folder != HF_FOLDER:
+                raise _bad(directory, f"the text encoder's folder is {folder!r}; a pipeline keeps it in {HF_FOLDER!r}")
+            outside = [n for n in files if not n.startswith(f"{HF_FOLDER}/")]
+            if outside:
+                raise _bad(directory, f"the text encoder lists {outside[0]!r}, outside its folder {HF_FOLDER}/")
+            if record.get("dtype", "float32") not in HF_DTYPES:
+                raise _bad(
+                    directory, f"the text encoder's dtype is {_show(record.get('dtype'))}; one of {', '.join(HF_DTYPES)}"
+                )
+            n = record["config"].get("max_length")
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise _bad(
+                    directory,
+                    f"components.text_encoder.config.max_length takes an integer >= 1 or null, got {_show(n)}",
+                    outside_hash=False,
+                )
+            continue
+        if len(files) != 1:
+            raise _bad(
+                directory,
+                f"component {role!r} lists {len(files)} weight files ({', '.join(files)}); a {role} is one file, "
+                f"{role}.safetensors",
+            )
+        ((name, sha),) = files.items()
+        if "/" in name or not name.endswith(".safetensors"):
+            raise _bad(
+                directory, f"component {role!r} lists {name!r}; its weights are one .safetensors file, {role}.safetensors"
+            )
+        if sha != record.get("weights"):
+            raise _bad(
+                directory,
+                f"component {role!r} lists {name} with hash {sha}, its weights hash (which the model hash covers) is "
+                f"{_show(record.get('weights'))}",
+            )
+
+
+def _show(value: Any) -> str:
+    from kinema import config as cfg
+
+    return cfg.show(value)
+
+
+def check_files(directory: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
+    """Every listed file exists and has its hash, and a text encoder folder holds no file that is not listed;
+    returns the safetensors files' bytes (read once)."""
+    missing, wrong, data = [], [], {}
+    for role, record in manifest["components"].items():
+        files = record["files"]
         for name, expected in files.items():
             path = directory / name
             if not path.is_file():
@@ -258,6 +367,18 @@ def check_files(directory: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
                 actual = file_sha(path)
             if actual != expected:
                 wrong.append(f"{name} (sha256 {actual}, {MANIFEST} says {expected})")
+        if record.get("kind") == "hf" and (directory / HF_FOLDER).is_dir():
+            present = [p.relative_to(directory).as_posix() for p in sorted((directory / HF_FOLDER).rglob("*"))]
+            extra = [
+                n for n in present
+                if (directory / n).is_file() and n not in files and not any(part.startswith(".") for part in n.split("/"))
+            ]  # fmt: skip
+            if extra:
+                raise KinemaError(
+                    f"{directory}: {', '.join(extra[:3])} {'is' if len(extra) == 1 else 'are'} in the text encoder's "
+                    f"folder but not listed in {MANIFEST}, so not checked; remove {'it' if len(extra) == 1 else 'them'}, "
+                    "or save the pipeline again"
+                )
     if missing:
         raise KinemaError(f"{directory}: missing component file(s) {', '.join(missing)}; copy the whole pipeline directory")
     if wrong:
@@ -268,14 +389,59 @@ def check_files(directory: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
     return data
 
 
+def check_provenance(directory: Path, provenance: Any) -> dict[str, Any]:
+    """pipeline.json's provenance (JSON data kept with the model), with the values kinema reads well formed."""
+    if provenance is None:
+        return {}
+
+    def need(ok: bool, name: str, takes: str, value: Any) -> None:
+        if not ok:
+            raise _bad(directory, f"provenance{name} takes {takes}, got {_show(value)}")
+
+    def table(value: Any, name: str) -> dict[str, Any]:
+        need(value is None or isinstance(value, dict), name, "a JSON object or null", value)
+        return value or {}
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+    table(provenance, "")
+    data = table(table(provenance.get("train_config"), ".train_config").get("data"), ".train_config.data")
+    dataset = data.get("dataset")
+    need(dataset is None or isinstance(dataset, str), ".train_config.data.dataset", "a string", dataset)
+    two = table(table(provenance.get("quality"), ".quality").get("two_objects"), ".quality.two_objects")
+    if two:
+        ci = two.get("ci95")
+        need(number(two.get("joint")), ".quality.two_objects.joint", "a number in [0, 1]", two.get("joint"))
+        pair = isinstance(ci, list) and len(ci) == 2 and all(map(number, ci))
+        need(pair, ".quality.two_objects.ci95", "[lo, hi] in [0, 1]", ci)
+        n = two.get("n")
+        need(isinstance(n, int) and not isinstance(n, bool) and n >= 0, ".quality.two_objects.n", "an integer >= 0", n)
+        for key in ("split", "report"):
+            need(isinstance(two.get(key), str), f".quality.two_objects.{key}", "a string", two.get(key))
+    return provenance
+
+
 def load_pipeline(name_or_path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Pipeline:
-    """The pipeline at a shipped name or directory, every file checked against pipeline.json first."""
+    """The pipeline at a shipped name or directory, every file checked against pipeline.json first.
+
+    Nothing is allocated before the weight files' hashes and sizes, and each component config's tensors
+    (built on the meta device) against its file's safetensors header, are checked; the sampling defaults
+    and the provenance, which the hash does not cover, are checked too, and every weight must be finite.
+    """
     from kinema import config as cfg
     from kinema.diffusion import process_from_dict
+    from kinema.models.checkpoint import check_fits, model_class, read_header
     from kinema.pipelines.pipeline import Pipeline, SamplingSettings
 
     directory = resolve(name_or_path)
     manifest = read_manifest(directory)
+    check_components(directory, manifest)
+    try:
+        settings = cfg.from_dict(SamplingSettings, manifest["sampling"], "sampling")
+    except (ValueError, TypeError) as e:  # named as the field is in the file
+        raise _bad(directory, str(e).replace("SamplingSettings.", "sampling.")) from None
+    provenance = check_provenance(directory, manifest.get("provenance"))
     data = check_files(directory, manifest)
     components = manifest["components"]
     stated = manifest.get("hash")
@@ -285,49 +451,60 @@ def load_pipeline(name_or_path: str | os.PathLike[str], *, device: str | torch.d
             f"{directory / MANIFEST}: its hash {stated!r} does not match its components ({actual}); "
             "the file was edited by hand: save the pipeline again"
         )
-    where = f"{directory / MANIFEST}"
     try:
         process = process_from_dict(manifest["process"])
-        settings = cfg.from_dict(SamplingSettings, manifest["sampling"])
     except (ValueError, TypeError) as e:
-        raise KinemaError(f"{where}: {e}") from None
-    modules = {
-        role: _load_component(directory, role, components[role], data, device=device) for role in ("vae", "denoiser")
-    }
-    text = _load_text_encoder(directory, components["text_encoder"], data, device=device)
-    return Pipeline(
+        raise KinemaError(f"{directory / MANIFEST}: {e}") from None
+    kinema_roles = [role for role in ROLES if components[role]["kind"] != "hf"]
+    configs = {}
+    for role in kinema_roles:  # every config against its weights' header before any module is allocated
+        record = components[role]
+        cls = model_class(record["kind"])
+        try:
+            configs[role] = cfg.from_dict(cls.config_class, record["config"], f"components.{role}.config")
+        except (ValueError, TypeError) as e:
+            raise KinemaError(f"{directory / MANIFEST}: the {role} config is invalid: {e}") from None
+        (name,) = record["files"]
+        shapes = read_header(data[name], directory / name)
+        check_fits(cls, configs[role], shapes, directory / name, f"the {role} config in {MANIFEST}")
+    states = {role: _read_weights(directory, components[role], data) for role in kinema_roles}  # all finite first
+    modules = {role: _build(components[role], configs[role], states.pop(role), device) for role in kinema_roles}
+    if "text_encoder" not in modules:
+        modules["text_encoder"] = _load_text_encoder(directory, components["text_encoder"], device=device)
+    pipe = Pipeline(
         vae=modules["vae"],
         denoiser=modules["denoiser"],
-        text_encoder=text,
+        text_encoder=modules["text_encoder"],
         process=process,
         settings=settings,
-        provenance=manifest.get("provenance") or {},
+        provenance=provenance,
         model_hash=actual,
     )
+    _check_settings_fit(directory, pipe)
+    return pipe
 
 
-def _build(directory: Path, role: str, record: dict[str, Any]) -> nn.Module:
-    from kinema import config as cfg
-    from kinema.models.checkpoint import model_class
+def _check_settings_fit(directory: Path, pipe: Pipeline) -> None:
+    """The sampling defaults are a clip this model can make (frame count and size)."""
+    from kinema.pipelines import common
 
-    kind = record.get("kind")
-    if kind not in ROLES[role]:
-        raise KinemaError(
-            f"{directory / MANIFEST}: component {role!r} has kind {kind!r}; a {role} is one of {', '.join(ROLES[role])}"
-        )
-    cls = model_class(kind)
+    s = pipe.settings
     try:
-        return cls(cfg.from_dict(cls.config_class, record.get("config") or {}))
-    except (ValueError, TypeError) as e:
-        raise KinemaError(f"{directory / MANIFEST}: the {role} config is invalid: {e}") from None
+        common.check_frames(pipe, s.num_frames, what="sampling.num_frames")
+        try:
+            common.check_size(pipe, s.height, s.width)
+        except KinemaError as e:
+            raise KinemaError(f"sampling.height, sampling.width: {e}") from None
+    except KinemaError as e:
+        raise _bad(directory, str(e)) from None
 
 
-def _load_component(
-    directory: Path, role: str, record: dict[str, Any], data: dict[str, bytes], *, device: str | torch.device
-) -> nn.Module:
+def _read_weights(directory: Path, record: dict[str, Any], data: dict[str, bytes]) -> dict[str, torch.Tensor]:
+    """A component's tensors from its checked bytes, all of them finite."""
     from safetensors.torch import load
 
-    model = _build(directory, role, record)
+    from kinema.models.checkpoint import check_finite
+
     (name,) = record["files"]
     try:
         state = load(data[name])
@@ -335,44 +512,31 @@ def _load_component(
         raise KinemaError(
             f"{directory / name}: cannot read the weights ({e}); the file is damaged or not safetensors"
         ) from None
-    _load_state(model, state, directory / name, role)
+    check_finite(state, directory / name)
+    return state
+
+
+def _build(record: dict[str, Any], config: Any, state: dict[str, torch.Tensor], device: str | torch.device) -> nn.Module:
+    """The component's module, built now that its config and weights are known to fit."""
+    from kinema.models.checkpoint import model_class
+
+    model = model_class(record["kind"])(config)
+    model.load_state_dict(state)  # names and shapes were checked against the config (check_fits)
     return model.to(device).eval()
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, role: str) -> None:
-    """Strict load whose failure says which tensors are missing, unexpected or of another shape."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = [
-            f"{label} {items[:4]}{'...' if len(items) > 4 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs config)", shapes))
-            if items
-        ]
-        raise KinemaError(
-            f"{path}: the weights do not fit the {role} config in {MANIFEST}: {'; '.join(parts)}; "
-            "the config and the weights come from different models, save the pipeline again"
-        )
-    model.load_state_dict(state)
-
-
-def _load_text_encoder(directory: Path, record: dict[str, Any], data: dict[str, bytes], *, device: str | torch.device):
-    if record.get("kind") != "hf":
-        return _load_component(directory, "text_encoder", record, data, device=device)
+def _load_text_encoder(directory: Path, record: dict[str, Any], *, device: str | torch.device):
+    """The Hugging Face text encoder in DIR/text_encoder (a kinema text encoder is a component like the others)."""
     import torch
 
+    from kinema.models.checkpoint import check_finite
     from kinema.models.text import HFTextEncoder
 
-    dtype = getattr(torch, str(record.get("dtype", "float32")), None)
-    if not isinstance(dtype, torch.dtype):
-        raise KinemaError(f"{directory / MANIFEST}: text_encoder dtype {record.get('dtype')!r} is not a torch dtype")
-    folder = directory / record.get("folder", HF_FOLDER)
-    max_length = (record.get("config") or {}).get("max_length")
-    return HFTextEncoder(folder, dtype=dtype, max_length=max_length).to(device)
+    dtype = getattr(torch, str(record.get("dtype", "float32")))
+    folder = directory / HF_FOLDER
+    encoder = HFTextEncoder(folder, dtype=dtype, max_length=record["config"].get("max_length"))
+    check_finite(encoder.model.state_dict(), folder)
+    return encoder.to(device)
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_pipeline", "read_manifest", "resolve", "save_pipeline", "shipped_pipelines"]

@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -203,8 +202,9 @@ class SampleConfig:
     shift: float | None = None
     """Noise-level shift of the sampling schedule, > 0 (flow matching only; None: the training shift).
     Exported with the pipeline as its default, like steps and guidance."""
-    guidance_interval: tuple[float, float] | None = None
-    """(sigma_lo, sigma_hi): guide only at these noise levels (`SamplingSettings.guidance_interval`); None: every step."""
+    guidance_interval: tuple[float, float] | None = dataclasses.field(default=None, metadata={cfg.ALLOW_INF: True})
+    """(sigma_lo, sigma_hi): guide only at these noise levels (`SamplingSettings.guidance_interval`); None, or
+    [0, inf]: every step. sigma_hi is finite otherwise (the run's config is saved as JSON, which has no inf)."""
     image_first: bool = False
     """Text-to-video makes frame 0 first, then the clip from it (`SamplingSettings.image_first`)."""
     precision: str | None = None
@@ -228,6 +228,12 @@ class SampleConfig:
                 object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
             except KinemaError as e:
                 raise ValueError(f"sample.{e}") from None
+            _check(
+                self.guidance_interval is None or math.isfinite(self.guidance_interval[1]),
+                f"sample.guidance_interval {list(self.guidance_interval or ())}: sigma_hi must be finite, as the "
+                "run's config is saved as JSON: give one at or above the largest noise level (1 for flow matching), "
+                "or [0, inf] to guide every step",
+            )
         _check(isinstance(self.image_first, bool), f"sample.image_first must be true or false, got {self.image_first!r}")
         _check(
             self.precision is None or self.precision in PRECISIONS,
@@ -391,6 +397,15 @@ class TrainConfig:
                 self.sample.shift is None or self.diffusion.flow is not None,
                 "sample.shift applies to flow matching; this run trains diffusion.vp: set sample.shift to null",
             )
+            from kinema.pipelines.pipeline import SETTINGS_LIMITS  # what the exported pipeline may default to
+
+            for name, value, limit in (
+                ("data.frames", self.data.frames, "num_frames"),
+                ("data.size", self.data.size, "height"),
+                ("sample.steps", self.sample.steps, "steps"),
+            ):
+                most = SETTINGS_LIMITS[limit]
+                _check(value <= most, f"{name} must be at most {most} (the exported pipeline's default {limit}), got {value}")
         accum = self.optim.grad_accum
         _check(
             self.data.batch_size % accum == 0,
@@ -429,74 +444,31 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             node = node[part]
 
 
-def build(data: dict[str, Any]) -> TrainConfig:
-    """TrainConfig from JSON data, turning every config error into a KinemaError."""
+def build(data: Any, source: str = "") -> TrainConfig:
+    """TrainConfig from JSON data (a config file's tables, DIR/config.json), every field type-checked against its
+    annotation (`kinema.config.check_value`, the checker `--set` uses too); any config error becomes a
+    KinemaError, on one line, naming `source` (the file it came from) when given."""
+    where = f"{source}: invalid training config" if source else "invalid training config"
     try:
         return cfg.from_dict(TrainConfig, data)
     except (ValueError, TypeError) as e:
-        raise KinemaError(f"invalid training config: {e}") from None
+        raise KinemaError(f"{where}: {e}") from None
 
 
 def override(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
-    """A copy of `config` with fields set by dotted name, e.g. {"optim.lr": 1e-4, "dit.num_layers": 4}."""
+    """A copy of `config` with fields set by dotted name, e.g. {"optim.lr": 1e-4, "dit.num_layers": 4}.
+
+    Each value is JSON data (`parse_value`), checked against its field's annotation as a config file's are.
+    """
     data = cfg.to_dict(config)
     for key, value in values.items():
         set_dotted(data, key, value)
-        hint = field_type(TrainConfig, key.split("."))
-        if not fits(hint, value):
-            raise KinemaError(f"--set {key}={json.dumps(value)}: {key} takes {type_name(hint)}")
+        hint, allow_inf = cfg.field_at(TrainConfig, key)
+        try:
+            cfg.check_value(hint, value, key, allow_inf=allow_inf)
+        except (ValueError, TypeError) as e:
+            raise KinemaError(f"--set {key}={cfg.show(value)}: {e}") from None
     return build(data)
-
-
-def field_type(cls: type, parts: list[str]) -> Any:
-    """The type annotation of the field at a dotted path of config dataclasses."""
-    hint: Any = cls
-    for part in parts:
-        hint = next(a for a in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(a))
-        hint = typing.get_type_hints(hint)[part]
-    return hint
-
-
-def fits(hint: Any, value: Any) -> bool:
-    """Whether JSON `value` can stand for a field typed `hint` (lists stand for tuples, objects for configs)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(fits(a, value) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is tuple:
-        if not isinstance(value, list):
-            return False
-        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
-        return len(items) == len(value) and all(fits(a, v) for a, v in zip(items, value))
-    if dataclasses.is_dataclass(hint):
-        return isinstance(value, dict)
-    return True
-
-
-def type_name(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(type_name(a) for a in args)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(json.dumps(a) for a in args)
-    if origin is tuple:
-        return "a list, e.g. [" + ", ".join(type_name(a) for a in args if a is not Ellipsis) + "]"
-    if dataclasses.is_dataclass(hint):
-        return f"a {hint.__name__} object"
-    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, str(hint)
-    )
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

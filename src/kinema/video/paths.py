@@ -42,9 +42,9 @@ def local_path(path: str | os.PathLike[str]) -> Path:
     An absolute path starts with `/` (or a drive letter), so FFmpeg can never
     read a protocol prefix out of it.
     """
-    text = os.fspath(path)
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None  # fspath raises a TypeError
     if not isinstance(text, str):
-        raise VideoError(f"expected a path as str or pathlib.Path, got {type(path).__name__}")
+        raise VideoError(f"path must be a str or pathlib.Path, got {type(path).__name__}: pass the file's path")
     if looks_like_url(text):
         scheme = text.split(":", 1)[0]
         raise VideoError(

@@ -35,6 +35,12 @@ _WRITABLE = (
     ".mp4 .mov .mkv (H.264), .webm (VP9), .gif, a folder of PNG frames (a path ending in / or a pattern "
     "such as frames/%05d.png), or .png .jpg .webp for a one-frame video"
 )
+FPS_RANGE = (0.001, 1000.0)
+"""Frame rates .mp4 .mov .mkv .webm are written at and read back: Matroska and WebM count time in
+milliseconds (so at most 1000 fps), and the rate is stored as a fraction with a denominator of at most
+1001 (so at least 1/1000 fps)."""
+GIF_FPS_RANGE = (100 / 65535, 50.0)
+"""A GIF frame's delay is a whole number of centiseconds from 2 (browsers show shorter ones as 10) to 65535."""
 _PNG_LEVEL = 3  # zlib level: a third of the time of Pillow's default 6 for ~15% larger files
 _BT709 = 1  # AVCOL_SPC/PRI/TRC_BT709: the matrix used to convert, tagged so players convert back the same way
 
@@ -68,11 +74,8 @@ def write_video(path: str | os.PathLike[str], video: Video, *, crf: int | None =
             f"{target}: a {suffix} file holds one frame but the video has {video.num_frames}; "
             "write .mp4 or .gif, a folder (frames/) or a pattern (frames/%05d.png)"
         )
-    if not folder_target and suffix == ".gif" and video.fps > 50:
-        raise VideoError(
-            f"{target}: GIF frame delays are whole centiseconds of at least 2, so at most 50 fps; "
-            f"got {video.fps:g}: resample the video, or write .mp4"
-        )
+    if not folder_target:
+        check_fps(video.fps, suffix, str(target))
     try:
         if folder_target:
             return _write_frames(target, video)
@@ -89,6 +92,22 @@ def write_video(path: str | os.PathLike[str], video: Video, *, crf: int | None =
             f"could not write {target} ({e.__class__.__name__}: {e}); check that the folder is writable "
             "and the disk has space. Nothing was written, an existing file was left as it was"
         ) from e
+
+
+def check_fps(fps: float, suffix: str, where: str = "fps") -> None:
+    """Raise VideoError unless a file with this extension can hold `fps` frames per second (and read back)."""
+    suffix = suffix.lower()
+    if suffix == ".gif":
+        lo, hi = GIF_FPS_RANGE
+        why = "GIF frame delays are whole centiseconds from 2 to 65535"
+        fix = "resample the video, or write .mp4" if fps > hi else "write .mp4, or PNG frames"
+    elif suffix in _CODECS:
+        (lo, hi), why = FPS_RANGE, "video files store time in milliseconds and the rate as a fraction"
+        fix = "resample the video" if fps > hi else "write PNG frames (a folder ending in /)"
+    else:
+        return
+    if not lo <= fps <= hi:
+        raise VideoError(f"{where}: a {suffix} file holds {lo:.4g} up to at most {hi:g} fps ({why}); got {fps:g}: {fix}")
 
 
 def _write_av(tmp: Path, video: Video, fmt: str, codec: str, *, crf: int | None) -> None:
