@@ -118,6 +118,12 @@ def test_a_json_config_file_is_checked_like_toml(tmp_path):
     path.write_text('{"preset": "shapes-dit-debug", "optim": {"lr": Infinity}}')
     with pytest.raises(KinemaError, match="optim.lr takes a finite number, got Infinity"):
         load_config(str(path))
+    path.write_text("[1, 2]")
+    with pytest.raises(KinemaError, match=r"config.json: a config is a table of fields \(a JSON object\), got list$"):
+        load_config(str(path))
+    path.write_text('{"steps": 1.5}')  # the file is named in the message
+    with pytest.raises(KinemaError, match=r"config.json: invalid training config: steps takes an integer, got 1.5$"):
+        load_config(str(path))
 
 
 def test_a_saved_config_loads_back_unchanged(tmp_path):

@@ -252,7 +252,7 @@ def load_config(source: str, overrides: dict[str, object] | None = None) -> Trai
         base = data.pop("preset", None)
         if base is not None:
             data = _merge(cfg.to_dict(preset(str(base))), data)
-        config = build(data)
+        config = build(data, source=str(path))
     return override(config, dict(overrides or {}))
 
 
@@ -261,15 +261,19 @@ def _read_config_file(path: Path) -> dict:
         raise KinemaError(f"{path}: no such config file")
     try:
         if path.suffix == ".json":
-            return json.loads(path.read_text())
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10: the same parser, from PyPI (a dependency there)
-            import tomli as tomllib
+            data = json.loads(path.read_text())
+        else:
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: the same parser, from PyPI (a dependency there)
+                import tomli as tomllib
 
-        return tomllib.loads(path.read_text())
-    except ValueError as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+            data = tomllib.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError, TOMLDecodeError and UnicodeDecodeError are ValueErrors
         raise KinemaError(f"{path}: cannot parse the config ({e})") from None
+    if not isinstance(data, dict):
+        raise KinemaError(f"{path}: a config is a table of fields (a JSON object), got {type(data).__name__}")
+    return data
 
 
 def _merge(base: dict, changes: dict) -> dict:
