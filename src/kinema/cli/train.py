@@ -4,6 +4,7 @@ kinema train shapes-vae --out runs/shapes-vae
 kinema train shapes-dit --out runs/shapes-dit --set optim.lr=1e-4 --set data.batch_size=32
 kinema train shapes-dit --out runs/shapes-dit --resume
 kinema train shapes-dit --out runs/shapes-dit --resume --set diffusion.flow.logit_mean=1 --allow-change diffusion.flow
+kinema train shapes-dit --out runs/shapes-dit --resume-from 1000 --set optim.lr=1e-4 --allow-change optim.lr
 torchrun --nproc-per-node 4 -m kinema train shapes-dit --out runs/shapes-dit
 """
 
@@ -36,12 +37,20 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the newest complete checkpoint in DIR/checkpoints."
     ),
+    resume_from: int = typer.Option(
+        None,
+        "--resume-from",
+        metavar="STEP",
+        min=0,
+        help="Continue from DIR/checkpoints/step-STEP instead of the newest (e.g. the last good one before the "
+        "losses became non-finite); the newer checkpoints are removed when the run saves its first.",
+    ),
     allow_change: list[str] = typer.Option(
         [],
         "--allow-change",
         metavar="NAME",
-        help="With --resume: let this config field or group (e.g. diffusion.flow) differ from the checkpoint's, "
-        "to change the recipe mid-run on purpose; the change is logged to DIR/config_changes.jsonl (repeatable). "
+        help="With --resume or --resume-from: let this config field or group (e.g. diffusion.flow) differ from the "
+        "checkpoint's, to change the recipe mid-run on purpose; the change is logged to DIR/config_changes.jsonl (repeatable). "
         "Fields the weights' shapes depend on cannot change.",
     ),
     dry_run: bool = typer.Option(
@@ -72,7 +81,7 @@ def train(
 
     from kinema.train.loop import train as run
 
-    result = run(config, out, resume=resume, allow_changes=allow_change)
+    result = run(config, out, resume=resume, resume_from=resume_from, allow_changes=allow_change)
     if int(os.environ.get("RANK", "0")) == 0 and result.pipeline is not None:
         typer.echo(json.dumps({"step": result.step, "pipeline": str(result.pipeline)}))
     if result.stopped_by is not None:

@@ -10,11 +10,14 @@
 A folder is written under a temporary name, every file fsynced, then renamed into
 place and the parent fsynced: a checkpoint either exists complete or not at all,
 so a kill -9 at any moment leaves the newest complete one loadable. `state.json`
-is written last and lists each file's size, which `is_complete` checks.
+is written last and lists each file's size, which `is_complete` checks. A write that
+fails (a full disk, a quota) removes its temporary folder and is a `KinemaError` that
+names the folder; the checkpoints already there are left as they were.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from kinema.errors import KinemaError
@@ -52,36 +56,90 @@ def save_checkpoint(
     state: dict[str, Any],
     *,
     keep: int,
+    also_keep: int | None = None,
 ) -> Path:
     """Write `step-N/` atomically: `tensors` maps a file stem to its tensors, `state` goes to state.json.
 
-    Then delete all but the newest `keep` complete checkpoints (and any leftover temporary folders).
+    Then delete all but the newest `keep` complete checkpoints and `also_keep`'s (and any leftover temporary
+    folders). A write that fails raises a KinemaError naming the folder, with nothing of it left behind.
     """
     root = Path(checkpoints_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    files = {}
-    for stem, entries in tensors.items():
-        path = tmp / f"{stem}.safetensors"
-        save_file({k: v.detach().contiguous().cpu() for k, v in entries.items()}, str(path))
-        _fsync_path(path)
-        files[path.name] = path.stat().st_size
-    state_path = tmp / STATE_FILE
-    state_path.write_text(json.dumps({**state, "step": step, "files": files}, indent=2, sort_keys=True))
-    _fsync_path(state_path)
-    _fsync_path(tmp)
-    if final.exists():  # the same step saved again (e.g. interrupted right after a periodic save)
-        old = root / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        shutil.rmtree(old)
-    os.replace(tmp, final)
-    _fsync_path(root)
-    prune(root, keep=keep)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(root)  # an earlier run's, cut short: on a full disk, the space this write needs
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        files = {}
+        for stem, entries in tensors.items():
+            path = tmp / f"{stem}.safetensors"
+            save_file({k: v.detach().contiguous().cpu() for k, v in entries.items()}, str(path))
+            _fsync_path(path)
+            files[path.name] = path.stat().st_size
+        state_path = tmp / STATE_FILE
+        state_path.write_text(json.dumps({**state, "step": step, "files": files}, indent=2, sort_keys=True))
+        _fsync_path(state_path)
+        _fsync_path(tmp)
+        if final.exists():  # the same step saved again (e.g. interrupted right after a periodic save)
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            shutil.rmtree(old)
+        os.replace(tmp, final)
+        _fsync_path(root)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        code = storage_errno(e)
+        if code is None:
+            raise
+        previous = latest_checkpoint(root)
+        then = f"the newest checkpoint, {previous.name}, is intact" if previous else "the run has no checkpoint yet"
+        again = "continue with --resume" if previous else "start the run again"
+        raise KinemaError(
+            f"cannot write checkpoint {final.name} into {root}: {os.strerror(code)}; {then}. "
+            f"{storage_fix(code).capitalize()}, then {again}"
+        ) from e
+    prune(root, keep=keep, also_keep=also_keep)
     return final
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
+STORAGE_ERRORS = (*FULL, *DENIED, errno.EIO)
+"""What a folder we write into can answer that the user fixes: full, over quota, read-only, no permission, failing."""
+
+
+def storage_errno(e: BaseException) -> int | None:
+    """A failed write's errno when the storage is to blame (STORAGE_ERRORS), else None.
+
+    safetensors reports an OSError as a SafetensorError whose message ends "(os error N)"."""
+    code = getattr(e, "errno", None)
+    if isinstance(e, SafetensorError):
+        match = re.search(r"\(os error (\d+)\)", str(e))
+        code = int(match.group(1)) if match else None
+    elif not isinstance(e, OSError):
+        return None
+    return code if code in STORAGE_ERRORS else None
+
+
+def storage_fix(code: int) -> str:
+    """What the user does about a storage errno, as a phrase: "free space there"."""
+    if code == errno.EFBIG:
+        return "raise the file size limit (ulimit -f) or choose another --out"
+    if code in FULL:
+        return "free space there"
+    if code in DENIED:
+        return "make it writable or choose another --out"
+    return "check the disk"
+
+
+def remove_temporaries(root: Path) -> None:
+    """Remove the temporary folders other processes left in `root` (a kill -9, a failed write)."""
+    for entry in root.iterdir():
+        stale = entry.name.startswith((".tmp-", ".old-")) and not entry.name.endswith(f"-{os.getpid()}")
+        if stale and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def is_complete(path: Path) -> bool:
@@ -111,17 +169,22 @@ def latest_checkpoint(checkpoints_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
-def prune(checkpoints_dir: Path, *, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints; remove older ones, incomplete ones and stale temporaries."""
+def prune(checkpoints_dir: Path, *, keep: int, also_keep: int | None = None) -> None:
+    """Keep the newest `keep` complete checkpoints and step `also_keep`'s (the last one known to be good); remove
+    older ones, incomplete ones and stale temporaries."""
     complete = list_checkpoints(checkpoints_dir)
-    keep_paths = {path for _, path in complete[-keep:]}
+    keep_paths = {path for _, path in complete[-keep:]} | {path for s, path in complete if s == also_keep}
     newest = complete[-1][0] if complete else -1
     for entry in checkpoints_dir.iterdir():
         match = STEP_DIR.match(entry.name)
-        stale_tmp = entry.name.startswith((".tmp-", ".old-")) and not entry.name.endswith(f"-{os.getpid()}")
-        old_or_broken = match is not None and entry not in keep_paths and int(match.group(1)) <= newest
-        if entry.is_dir() and (stale_tmp or old_or_broken):
+        if match and entry.is_dir() and entry not in keep_paths and int(match.group(1)) <= newest:
             shutil.rmtree(entry, ignore_errors=True)
+    remove_temporaries(checkpoints_dir)
+
+
+def checkpoint_at(checkpoints_dir: str | os.PathLike, step: int) -> Path | None:
+    """The complete checkpoint of step `step`, or None."""
+    return next((path for s, path in list_checkpoints(checkpoints_dir) if s == step), None)
 
 
 def read_state(path: Path) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
+import threading
 import zlib
 from typing import Any, Callable, NamedTuple
 
@@ -202,8 +204,42 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"groups": groups, "errors": errors}
 
 
-def loader(items: Items, sampler: StepBatches, *, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    return DataLoader(
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""What stops a run: the training process handles them, its DataLoader workers ignore them."""
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's init: ignore SIGINT / SIGTERM, which a Ctrl-C, `timeout`, `kill -- -PGID`, SLURM or
+    Kubernetes send the whole process group, so that the training process stops the run with a checkpoint and then
+    shuts its workers down, rather than a worker dying first and taking the run with it."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # held back while the worker started (`Loader.__iter__`): now discarded
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class Loader(DataLoader):
+    """A DataLoader whose workers start with SIGINT / SIGTERM held back until they ignore them: a signal sent to
+    the process group while they start reaches the training process alone (delivered when `__iter__` returns)."""
+
+    def __iter__(self) -> Any:
+        main = threading.current_thread() is threading.main_thread()  # where Python runs its signal handlers
+        if not self.num_workers or not main or not hasattr(signal, "pthread_sigmask"):
+            return super().__iter__()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by the forked workers
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def loader(
+    items: Items, sampler: StepBatches, *, num_workers: int, pin_memory: bool = False, seed: int = 0
+) -> DataLoader:
+    """A DataLoader of `items` in the batches `sampler` yields. seed: its own generator's, which seeds the workers;
+    a DataLoader without one draws that seed from the global torch generator at every `iter`, once per epoch and
+    once more at each resume, and shifts the dropout masks drawn from it after that, so resume would not be exact."""
+    return Loader(
         items,
         batch_sampler=sampler,
         num_workers=num_workers,
@@ -211,6 +247,8 @@ def loader(items: Items, sampler: StepBatches, *, num_workers: int, pin_memory: 
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if num_workers else None,
+        worker_init_fn=ignore_stop_signals if num_workers else None,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

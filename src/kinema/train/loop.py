@@ -6,7 +6,12 @@ loads this rank's share of a seeded global batch, accumulates gradients over
 micro-steps, skips itself if the loss or the gradient is not finite, clips,
 updates AdamW and the EMA, and logs; every so often it writes samples and a
 checkpoint. SIGINT or SIGTERM ends the run at the next step boundary with a
-checkpoint. At the end the EMA weights are exported as DIR/pipeline.
+checkpoint (DataLoader workers ignore them, so a signal to the whole process group
+reaches the loop; a checkpoint being written is never cut short). A checkpoint is
+only saved while the weights are finite, and the run remembers the newest one whose
+weights then trained a step with a finite loss: when the losses stay non-finite, it
+names that one to go back to (`resume_from`). At the end the EMA weights are
+exported as DIR/pipeline.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import copy
 import json
 import os
 import random
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +37,7 @@ from torch.utils.data import Dataset
 
 from kinema import config as cfg
 from kinema import precision as precisions
-from kinema.atomic import write_json
+from kinema.atomic import atomic_write, write_json
 from kinema.errors import KinemaError
 from kinema.train import checkpoint as ckpt
 from kinema.train import distributed
@@ -42,7 +49,17 @@ from kinema.train.config import (
     learned_hash,
     resume_conflicts,
 )
-from kinema.train.data import Items, StepBatches, StepRandom, dataset_for, loader, log, plan_settings
+from kinema.train.data import (
+    STOP_SIGNALS,
+    Items,
+    StepBatches,
+    StepRandom,
+    dataset_for,
+    loader,
+    log,
+    mix_seed,
+    plan_settings,
+)
 from kinema.train.distributed import World
 from kinema.train.ema import EMA
 from kinema.train.observe import Meter, Observer, peak_memory_mb
@@ -70,29 +87,49 @@ def train(
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
+    resume_from: int | None = None,
     allow_changes: Sequence[str] = (),
     dataset: Dataset | None = None,
 ) -> Result:
     """Train `config` into `out_dir`: config.json, checkpoints/, metrics.jsonl, loss.png, samples/, pipeline/.
 
     resume: continue from the newest complete checkpoint in out_dir/checkpoints.
+    resume_from: continue from checkpoint step-N instead (implies resume), e.g. the last good one before the
+      losses became non-finite; the newer checkpoints are removed when this run saves its first, and the
+      metrics of the steps it goes back over are dropped.
     allow_changes: dotted config names (or groups, e.g. "diffusion.flow") that may differ from the checkpoint's
       config on resume, for a deliberate change of recipe mid-run; each change is appended to
       out_dir/config_changes.jsonl with the step it took effect.
     dataset: train on this dataset of {"video": (3, T, H, W) in [-1, 1], "caption": str} instead of
       `config.data.dataset` (it must give the same items on every rank).
     Under torchrun every rank calls this; only rank 0 writes files. A run that fails (or is interrupted)
-    before it saves its first checkpoint removes what it wrote (`kinema.train.undo`).
+    before it saves its first checkpoint removes what it wrote (`kinema.train.undo`). A full or read-only
+    out_dir is a KinemaError that names it, found before any work when it can be.
     """
     world = distributed.init(config.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    # noted before anything is written, so that a run that fails before its first checkpoint leaves no
-    # half-run behind (config.json, samples/...), and nothing that was there before is touched
-    folder = RunFolder(Path(out_dir)) if world.is_main else None
+    out_dir = Path(out_dir)
+    folder = None
     try:
-        return _train(config, Path(out_dir), world, resume=resume, allow_changes=allow_changes, dataset=dataset)
-    except BaseException:
+        if world.is_main:
+            check_out_dir(out_dir)
+            # noted before anything is written, so that a run that fails before its first checkpoint leaves no
+            # half-run behind (config.json, samples/...), and nothing that was there before is touched
+            folder = RunFolder(out_dir)
+        return _train(
+            config,
+            out_dir,
+            world,
+            resume=resume or resume_from is not None,
+            resume_from=resume_from,
+            allow_changes=allow_changes,
+            dataset=dataset,
+        )
+    except BaseException as e:
         undo_failed_run(folder)
+        problem = storage_problem(e, out_dir)
+        if problem:
+            raise KinemaError(problem) from e
         raise
     finally:
         torch.use_deterministic_algorithms(deterministic)
@@ -105,6 +142,7 @@ def _train(
     world: World,
     *,
     resume: bool,
+    resume_from: int | None,
     allow_changes: Sequence[str],
     dataset: Dataset | None,
 ) -> Result:
@@ -115,6 +153,14 @@ def _train(
 
     # ---- where the run starts ----------------------------------------------------------------------
     start = ckpt.latest_checkpoint(checkpoints)
+    if resume_from is not None:
+        start = ckpt.checkpoint_at(checkpoints, resume_from)
+        if start is None:
+            steps = ", ".join(str(s) for s, _ in ckpt.list_checkpoints(checkpoints)) or "none"
+            raise KinemaError(
+                f"--resume-from {resume_from}: {checkpoints} holds no complete checkpoint of step {resume_from} "
+                f"(it holds steps: {steps}); choose one of those"
+            )
     if resume and start is None:
         raise KinemaError(f"--resume: {checkpoints} holds no complete checkpoint; start the run without --resume")
     if allow_changes:
@@ -147,6 +193,8 @@ def _train(
     if world.is_main:
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", cfg.to_dict(config))
+        if resume_from is not None:
+            _drop_metrics_after(out_dir, resume_from)
 
     # ---- determinism and precision -------------------------------------------------------------------
     if config.deterministic:
@@ -183,6 +231,9 @@ def _train(
 
     # ---- restore ------------------------------------------------------------------------------------------
     step, counters = 0, {"skipped_samples": 0, "nonfinite_steps": 0, "nonfinite_run": 0}
+    # The newest checkpoint whose weights then trained a step with a finite loss and gradient (`good`), the one
+    # to go back to when the losses become non-finite; a checkpoint is `pending` until its first step shows it.
+    health = Health(good=state.get("good_checkpoint") if state else None, pending=state["step"] if state else None)
     if state is not None:
         try:
             distributed.load_full_state_dict(trained, ckpt.read_tensors(start, "model"))
@@ -235,8 +286,8 @@ def _train(
     items = Items(dataset, cache)
 
     # ---- signals and observers ----------------------------------------------------------------------------
-    caught: list[int] = []
-    previous = catch_signals(caught)
+    stop = StopSignals(verbose=world.is_main)
+    stop.install()
     observer = None
     if world.is_main:
         observer = Observer(
@@ -248,18 +299,37 @@ def _train(
         )
     meter = Meter()
 
+    discard = resume_from is not None  # the checkpoints newer than resume_from, removed by the first save
+
     def save(at: int) -> None:
-        save_checkpoint(
-            checkpoints,
-            at,
-            config=config,
-            world=world,
-            model=trained,
-            ema=ema,
-            optimizer=optimizer,
-            counters=counters,
-            steps_per_epoch=steps_per_epoch,
-        )
+        nonlocal discard
+        if not weights_finite(world, trained, ema.model):  # never a checkpoint that nothing can continue from
+            raise NonFiniteError(
+                f"step {at - 1}: the weights are no longer finite, so no checkpoint of step {at} is saved. "
+                + nonfinite_advice(config, precision, health.good, checkpoints)
+            )
+        if discard and world.is_main:  # the steps this run went back over: their checkpoints go, or they would
+            # count as the newest ones to prune by and to resume from
+            newer = [path for s, path in ckpt.list_checkpoints(checkpoints) if s > resume_from]
+            for path in newer:
+                shutil.rmtree(path)
+            if newer:
+                print(f"resume: removed {', '.join(p.name for p in newer)}, newer than step {resume_from}", flush=True)
+        discard = False
+        with stop.writing():  # a signal now waits for the checkpoint: cut short, it would leave nothing
+            save_checkpoint(
+                checkpoints,
+                at,
+                config=config,
+                world=world,
+                model=trained,
+                ema=ema,
+                optimizer=optimizer,
+                counters=counters,
+                steps_per_epoch=steps_per_epoch,
+                good=health.good,
+            )
+        health.saved(at)
 
     def averaged() -> nn.Module | None:
         """The EMA model on rank 0, whole (collective under FSDP2); None on the other ranks."""
@@ -287,6 +357,7 @@ def _train(
         nonfinite.zero_()
         counters["nonfinite_steps"] += skipped
         counters["nonfinite_run"] = int(nonfinite_run)
+        health.settle()
         return skipped
 
     try:
@@ -301,7 +372,9 @@ def _train(
                     distributed.barrier(world)
                     cache.refresh()
                 sampler = StepBatches(step, epoch_end, **shard)
-                loaded = loader(items, sampler, num_workers=d.num_workers, pin_memory=device.type == "cuda")
+                # its own generator: one drawn from the global one would shift the dropout masks after it
+                seed = mix_seed(config.seed, step // steps_per_epoch, world.rank)
+                loaded = loader(items, sampler, num_workers=d.num_workers, pin_memory=device.type == "cuda", seed=seed)
                 batches = streamed(loaded, stage, frozen, config, device, autocast, cache)
 
             while step < epoch_end and stopped_by is None:
@@ -353,6 +426,7 @@ def _train(
                 ema.update(distributed.unwrap(trained), skip=bad)
                 nonfinite += bad
                 nonfinite_run = (nonfinite_run + 1) * bad
+                health.step(step, bad)
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
 
@@ -371,8 +445,8 @@ def _train(
                     if counters["nonfinite_run"] >= o.max_nonfinite:
                         raise NonFiniteError(
                             f"step {step - 1}: {counters['nonfinite_run']} steps in a row had a non-finite loss or "
-                            "gradient, so the run stops. Resume from the last checkpoint with a lower optim.lr, "
-                            "optim.grad_clip > 0, or precision=fp32"
+                            "gradient, so the run stops. "
+                            + nonfinite_advice(config, precision, health.good, checkpoints)
                         )
                     row = {"step": step, **mean_over_ranks(world, meter.read())}
                     row.update(lr=lr, grad_norm=float(grad_norm), peak_memory_mb=peak_memory_mb(device), **counters)
@@ -380,17 +454,18 @@ def _train(
                         observer.write(row)
                         if step % config.log.plot_every == 0 or step == config.steps:
                             observer.plot()
-                if caught or world.distributed:
-                    stopped_by = signal_on_any_rank(world, caught)
+                if stop.caught or world.distributed:
+                    stopped_by = signal_on_any_rank(world, stop.caught)
                 if config.sample.every and step % config.sample.every == 0:
                     preview(step)
                 if step % config.checkpoint.every == 0 or step == config.steps or stopped_by is not None:
                     settle_nonfinite()
                     save(step)
+                    if stopped_by is None and (stop.caught or world.distributed):  # a signal while it was written
+                        stopped_by = signal_on_any_rank(world, stop.caught)
             del batches
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        stop.restore()
         if cache is not None:
             cache.flush()
         if observer:
@@ -410,6 +485,50 @@ def _train(
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Raise a KinemaError unless `out_dir` is a folder this process can write into, or can create (checked by
+    writing: permission bits say nothing to root or about a read-only mount)."""
+    folder = out_dir.absolute()
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise KinemaError(f"--out {out_dir}: {folder} is a file, not a folder; choose a folder for the run")
+    places = [folder]
+    if folder == out_dir.absolute() and (folder / "checkpoints").is_dir():
+        places.append(folder / "checkpoints")
+    for place in places:
+        try:
+            with tempfile.TemporaryFile(dir=place):
+                pass
+        except OSError as e:
+            raise KinemaError(
+                f"--out {out_dir}: cannot write into {place} ({e.strerror}); make it writable or choose another --out"
+            ) from None
+
+
+def storage_problem(e: BaseException, out_dir: Path) -> str | None:
+    """A one-line message for a write into `out_dir` that its storage refused (full, read-only, ...), else None.
+    A write that fails when a file is flushed names no file: a full disk then is taken to be out_dir's."""
+    if isinstance(e, KinemaError):
+        return None
+    code = ckpt.storage_errno(e)
+    if code is None:
+        return None
+    filename = getattr(e, "filename", None)
+    if filename is not None:
+        path = Path(os.fsdecode(filename)).absolute()
+        if out_dir.absolute() not in (path, *path.parents):
+            return None
+        where = str(path)
+    elif code in ckpt.FULL:
+        where = f"into {out_dir}"
+    else:
+        return None
+    newest = ckpt.latest_checkpoint(out_dir / "checkpoints")
+    again = f"continue from {newest.name} with --resume" if newest else "start the run again"
+    return f"cannot write {where}: {os.strerror(code)}. {ckpt.storage_fix(code).capitalize()}, then {again}"
 
 
 def seed_everything(seed: int) -> None:
@@ -464,19 +583,117 @@ def counts_over_ranks(world: World, groups: int, errors: int) -> tuple[int, int]
     return int(every[:, 0].max()), int(-every[:, 1].sum())
 
 
-def catch_signals(caught: list[int]) -> dict[int, Any]:
-    """Note SIGINT / SIGTERM in `caught` (the loop stops at the next step boundary); a second one aborts at once.
+class StopSignals:
+    """SIGINT / SIGTERM during the loop. The first asks it to stop at the next step boundary with a checkpoint
+    (`caught`); a second says it is still finishing that step; a third stops at once, without a checkpoint of it.
+    While a checkpoint is being written (`writing`) none cuts it short: the run stops once it is written.
 
-    Returns the previous handlers (empty off the main thread, where Python cannot set handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
+    `install` does nothing off the main thread, where Python cannot set handlers."""
 
-    def handler(signum: int, frame: Any) -> None:
-        if caught:  # asked twice: stop now, without a checkpoint
+    def __init__(self, *, verbose: bool = True) -> None:
+        self.caught: list[int] = []
+        self.verbose = verbose
+        self._writing = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    @contextlib.contextmanager
+    def writing(self):
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+
+    def _say(self, message: str) -> None:
+        if self.verbose:  # os.write: a print here could re-enter a print the signal interrupted
+            os.write(2, f"{message}\n".encode())
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        self.caught.append(signum)
+        if self._writing:
+            self._say(f"{name}: still writing a checkpoint; the run stops once it is written")
+        elif len(self.caught) == 1:
+            self._say(f"{name}: the run stops after this step and saves a checkpoint (twice more: at once, without)")
+        elif len(self.caught) == 2:
+            self._say(f"{name} again: still finishing the step, then the checkpoint (once more: stop at once, without)")
+        else:
+            self._say(f"{name} a third time: stopping at once, without a checkpoint of this step")
             raise KeyboardInterrupt
-        caught.append(signum)
 
-    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+class Health:
+    """Which checkpoint to go back to when the losses become non-finite: `good`, the step of the newest one whose
+    weights then trained a step with a finite loss and gradient (None: none yet). The newest checkpoint is
+    `pending` until its first step ran; whether that step was finite is read on the device only when the loop
+    settles its tallies (`settle`), so that no step waits for the device."""
+
+    def __init__(self, *, good: int | None, pending: int | None) -> None:
+        self.good, self.pending = good, pending
+        self._first_bad: torch.Tensor | None = None
+
+    def step(self, step: int, bad: torch.Tensor) -> None:
+        """Step `step` ran; `bad` (0-dim bool, on the device) says it was skipped as non-finite."""
+        if step == self.pending:
+            self._first_bad = bad
+
+    def settle(self) -> None:
+        if self._first_bad is not None:
+            if not bool(self._first_bad):
+                self.good = self.pending
+            self.pending, self._first_bad = None, None
+
+    def saved(self, step: int) -> None:
+        self.pending, self._first_bad = step, None
+
+
+def weights_finite(world: World, *modules: nn.Module) -> bool:
+    """Whether every floating-point parameter of `modules` is finite, on every rank (one wait for the device;
+    collective). Under FSDP2 each rank looks at its own shards."""
+    flags = []
+    for module in modules:
+        for p in module.parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
+            if local.is_floating_point() and local.numel():
+                flags.append(torch.isfinite(local.detach()).all())
+    device = world.device
+    bad = ~torch.stack(flags).all() if flags else torch.zeros((), dtype=torch.bool, device=device)
+    return not bool(distributed.any_true_tensor(world, bad.to(device)))
+
+
+def nonfinite_advice(config: TrainConfig, precision: str, good: int | None, checkpoints: Path) -> str:
+    """What to do when the losses (or weights) became non-finite: the checkpoint to go back to and how, and only
+    the changes not already in force (a lower optim.lr always; gradient clipping when off; fp32 when not in it)."""
+    o = config.optim
+    changes = {"optim.lr": f"{o.lr / 10:g}"}
+    what = f"a lower optim.lr (now {o.lr:g})"
+    if o.grad_clip <= 0:
+        changes["optim.grad_clip"] = "1"
+        what += ", gradient clipping"
+    if precision != "fp32":
+        changes["precision"] = "fp32"
+        what += ", fp32"
+    sets = " ".join(f"--set {name}={value}" for name, value in changes.items())
+    path = ckpt.checkpoint_at(checkpoints, good) if good is not None else None
+    if path is None:
+        return (
+            f"No checkpoint was saved while the losses were finite: start the run again (a new --out, or remove "
+            f"{checkpoints}) with {what}, e.g. {sets}"
+        )
+    allow = " ".join(f"--allow-change {name}" for name in changes)
+    return (
+        f"{path} is the newest checkpoint whose weights still trained a finite step: go back to it with {what}, "
+        f"e.g. --resume-from {good} {sets} {allow}"
+    )
 
 
 def mean_over_ranks(world: World, row: dict[str, float]) -> dict[str, float]:
@@ -567,6 +784,22 @@ def cache_meta(config: TrainConfig, precision: str) -> dict[str, Any]:
     }
 
 
+def _drop_metrics_after(out_dir: Path, step: int) -> None:
+    """Drop the metrics rows of the steps after `step` (a run going back to an older checkpoint)."""
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            if int(json.loads(line)["step"]) > step:
+                continue
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by a kill: left for read_metrics to skip
+        kept.append(line)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
+
+
 def _record_changes(out_dir: Path, step: int, saved: dict[str, Any], config: TrainConfig, names: list[str]) -> None:
     """Say, and append to out_dir/config_changes.jsonl, which fields a resume changed on purpose and from when."""
     changes = config_changes(saved, config)
@@ -588,8 +821,11 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     counters: dict[str, int],
     steps_per_epoch: int,
+    good: int | None = None,
 ) -> None:
-    """Gather what continuing bit for bit needs and let rank 0 write it (collective: every rank calls)."""
+    """Gather what continuing bit for bit needs and let rank 0 write it (collective: every rank calls).
+
+    good: the newest checkpoint known to be good (`Health`), recorded, and kept however old."""
     weights = distributed.full_state_dict(model)
     ema_weights = distributed.full_state_dict(ema.model)
     optimizer_state = distributed.full_optimizer_state(model, optimizer)  # whole on rank 0 only under FSDP2
@@ -607,7 +843,8 @@ def save_checkpoint(
             "lr_schedule": {"schedule": config.optim.schedule, "next_step": step, "total_steps": config.steps},
             "data_position": {"epoch": epoch, "batch": batch, "steps_per_epoch": steps_per_epoch},
             "world_size": world.size,
+            "good_checkpoint": good,
             **counters,
         }
-        ckpt.save_checkpoint(checkpoints, step, tensors, state, keep=config.checkpoint.keep)
+        ckpt.save_checkpoint(checkpoints, step, tensors, state, keep=config.checkpoint.keep, also_keep=good)
     distributed.barrier(world)
