@@ -57,6 +57,12 @@ def test_stats_and_bad_dataset_name(tmp_path, capsys):
     run("data", "export", "shapes", "--n", "2", "--out", str(tmp_path), "--frames", "5")
     run("data", "stats", str(tmp_path / "manifest.jsonl"))
     assert '"videos": 2' in capsys.readouterr().out
+    run("data", "preview", str(tmp_path / "manifest.jsonl"), "--frames", "5", "--out", str(tmp_path / "p.gif"))
+    assert "wrote" in capsys.readouterr().out  # a manifest takes no --seed, and preview does not pass one
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up.jsonl").write_text('{"path": "../000000.mp4", "caption": "x"}\n')
+    run("data", "stats", str(tmp_path / "sub" / "up.jsonl"), "--allow-outside")
+    assert '"videos": 1' in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(["data", "preview", "nosuchset", "--out", str(tmp_path / "x.gif")])
     assert e.value.code == 2

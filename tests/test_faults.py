@@ -89,6 +89,8 @@ def f(tmp_path_factory) -> SimpleNamespace:
         '{"path": "clip.mp4", "caption": "a clip"}\n{"path": "cut.gif", "caption": "cut short"}\n'
     )
     (d / "with_bomb.jsonl").write_text('{"path": "bomb2k.gif", "caption": "a dot"}\n')
+    (d / "sub").mkdir()
+    (d / "sub" / "escape.jsonl").write_text('{"path": "../clip.mp4", "caption": "a clip"}\n')
     torch.manual_seed(0)
     save_model(VideoVAE(vae_tiny()), d / "vae", "vae")
     pipe = random_pipeline("tiny", seed=0)
@@ -126,6 +128,12 @@ CLI_ERRORS = [
     ("stats-latin1-csv", ["data", "stats", "{dir}/latin1.csv"], r"latin1\.csv, line 2: not UTF-8 text \(byte 0xe9\); save the manifest as UTF-8"),
     ("stats-latin1-jsonl", ["data", "stats", "{dir}/latin1.jsonl"], r"latin1\.jsonl, line 1: not UTF-8 text"),
     ("train-latin1", ["train", "shapes-vae-debug", "--out", "{dir}/run", "--steps", "1", "--set", "data.dataset={dir}/latin1.csv", "--set", "data.length=null"], r"latin1\.csv, line 2: not UTF-8"),
+    ("generate-out-under-a-file", gen(PROMPT, "--out", "{dir}/clip.mp4/x.mp4"), r"--out .*clip\.mp4/x\.mp4: .*clip\.mp4 is a file, not a folder; choose another --out"),
+    ("eval-out-is-a-folder", ["eval", "shapes", "--model", "{model}", "--out", "{dir}"], r"--out .*: .* is a folder; give a file name"),
+    ("eval-vae-out-under-a-file", ["eval", "vae", "--model", "{dir}/vae", "--data", "shapes", "--out", "{dir}/clip.gif/vae.json"], r"clip\.gif is a file, not a folder"),
+    ("eval-videos-under-a-file", ["eval", "shapes", "--model", "{model}", "--out", "{dir}/r.json", "--save-videos", "{dir}/clip.gif/v"], r"--save-videos .*clip\.gif is a file, not a folder; choose another --save-videos"),
+    ("stats-path-outside", ["data", "stats", "{dir}/sub/escape.jsonl"], r"escape\.jsonl, line 1: '\.\./clip\.mp4' is outside the manifest's folder .*pass --allow-outside"),
+    ("train-path-outside", ["train", "shapes-vae-debug", "--out", "{dir}/run", "--steps", "1", "--set", "data.dataset={dir}/sub/escape.jsonl", "--set", "data.length=null"], r"outside the manifest's folder .*--set data\.allow_outside=true"),
     ("eval-vae-latin1", ["eval", "vae", "--model", "{dir}/vae", "--data", "{dir}/latin1.jsonl", "--out", "{dir}/vae.json"], r"latin1\.jsonl, line 1: not UTF-8"),
 ]  # fmt: skip
 

@@ -137,6 +137,20 @@ def test_a_full_disk_while_writing_metrics_names_the_run_folder(tmp_path, monkey
         train(debug(steps=2), tmp_path / "run")
 
 
+def test_a_full_disk_where_the_latent_store_is_saved_costs_the_next_run_an_encoding_not_this_run(tmp_path, monkeypatch, capsys):
+    from kinema.train import store
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store, "save_file", full)
+    sets = {"data.store": "memory", "data.store_dir": str(tmp_path / "store"), "data.length": 8}
+    train(debug(steps=2, **sets), tmp_path / "run")
+    out = capsys.readouterr().out
+    assert f"could not save the latent store to {tmp_path / 'store'}" in out and "No space left on device" in out
+    assert steps_saved(tmp_path / "run") == [2] and list((tmp_path / "store").iterdir()) == []  # no temp file left
+
+
 def test_out_must_be_a_folder_it_can_write_checked_before_any_work(tmp_path, capsys):
     from kinema.cli import main
 
@@ -172,12 +186,13 @@ def test_out_must_be_a_folder_it_can_write_checked_before_any_work(tmp_path, cap
 
 def test_a_read_only_mount_is_found_before_any_work(tmp_path, monkeypatch):
     """What root meets where chmod does not stop it: a read-only file system (simulated)."""
+    from kinema import atomic
     from kinema.train import loop
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(loop.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(atomic.tempfile, "TemporaryFile", read_only)
     monkeypatch.setattr(loop, "dataset_for", lambda config: pytest.fail("the run started work"))
     with pytest.raises(KinemaError, match=rf"--out {tmp_path / 'run'}: cannot write into {tmp_path} \(Read-only "
                                           r"file system\); make it writable or choose another --out"):
@@ -238,6 +253,21 @@ def test_non_finite_weights_are_never_checkpointed():
     with torch.no_grad():
         model.weight[0, 1] = float("inf")
     assert not weights_finite(world, torch.nn.Linear(2, 2), model)
+
+
+def test_a_kill_between_the_renames_of_a_step_saved_again_loses_nothing(tmp_path):
+    """Saving step N again moves the old step-N aside, renames the new one in, then deletes the old: a kill -9
+    between the renames leaves only `.old-step-N-PID`, which still counts, and is put back by the next save."""
+    root = tmp_path / "checkpoints"
+    tensors = {"model": {"w": torch.arange(3.0)}}
+    ckpt.save_checkpoint(root, 4, tensors, {}, keep=1)
+    ckpt.save_checkpoint(root, 5, tensors, {}, keep=1)
+    os.replace(root / "step-000005", root / ".old-step-000005-99999")  # the process died here
+    (root / ".tmp-step-000005-99999").mkdir()  # with the new copy half written
+    assert [(s, p.name) for s, p in ckpt.list_checkpoints(root)] == [(5, ".old-step-000005-99999")]
+    assert torch.equal(ckpt.read_tensors(ckpt.checkpoint_at(root, 5), "model")["w"], torch.arange(3.0))
+    ckpt.save_checkpoint(root, 6, tensors, {}, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000005", "step-000006"]
 
 
 # ---------------------------------------------------------------------------------------------- signals

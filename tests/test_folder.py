@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kinema.data.folder import FolderDataset, manifest_stats, read_manifest, write_manifest
+from kinema.data.folder import FolderDataset, iter_manifest, manifest_stats, read_manifest, write_manifest
 from kinema.data.transforms import resample_fps, resize_center_crop, to_tensor, to_uint8, windows
 from kinema.errors import KinemaError
 from kinema.video import Video
@@ -184,9 +184,86 @@ def test_manifest_paths(tmp_path):
         {"path": "sub/a.mp4", "caption": " spaced "},
         {"path": "/abs/b.mp4", "caption": "", "start": 1, "end": "2.5"},
         {"path": "http://host/c.mp4", "caption": ""},
-    ]))
+    ]), allow_outside=True)
     assert [r.path for r in rows] == [str(tmp_path / "sub" / "a.mp4"), "/abs/b.mp4", "http://host/c.mp4"]
     assert (rows[0].caption, rows[1].start, rows[1].end, rows[2].line) == ("spaced", 1.0, 2.5, 3)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/etc/passwd", "../outside.mp4", "sub/../../outside.mp4", "link/clip.mp4", "escape.mp4"],
+    ids=["absolute", "dotdot", "dotdot-deeper", "symlinked-folder", "symlinked-file"],
+)
+def test_paths_that_leave_the_manifests_folder_are_refused_unless_allowed(tmp_path, path):
+    outside, inside = tmp_path / "elsewhere", tmp_path / "data"
+    (inside / "sub").mkdir(parents=True)
+    outside.mkdir()
+    Video(indexed(8), fps=4.0).save(outside / "clip.mp4")
+    Video(indexed(8), fps=4.0).save(tmp_path / "outside.mp4")
+    (inside / "link").symlink_to(outside)
+    (inside / "escape.mp4").symlink_to(outside / "clip.mp4")
+    manifest = write_jsonl(inside / "m.jsonl", [{"path": "sub/../ok.mp4", "caption": "a"}, {"path": path, "caption": "b"}])
+    with pytest.raises(KinemaError, match=rf"m\.jsonl, line 2: '{path}' is outside the manifest's folder .*--allow-outside"):
+        read_manifest(manifest)
+    with pytest.raises(KinemaError, match="outside the manifest's folder"):
+        FolderDataset(manifest, size=8, frames=2, fps=4.0)
+    assert [r.line for r in read_manifest(manifest, allow_outside=True)] == [1, 2]
+
+
+def test_a_symlink_that_stays_inside_is_fine(tmp_path):
+    Video(indexed(8), fps=4.0).save(tmp_path / "clip.mp4")
+    (tmp_path / "alias.mp4").symlink_to(tmp_path / "clip.mp4")
+    ds = FolderDataset(write_jsonl(tmp_path / "m.jsonl", [{"path": "alias.mp4", "caption": "a"}]), size=8, frames=2, fps=4.0)
+    assert len(ds) == 4
+
+
+def test_the_manifest_is_read_one_row_at_a_time(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"path": "a.mp4", "caption": "one"}\n{"path": "b.mp4", "caption": "two"}\nnot json\n')
+    rows = iter_manifest(manifest)
+    assert [next(rows).caption, next(rows).caption] == ["one", "two"]  # before line 3 is parsed
+    with pytest.raises(KinemaError, match=r"m\.jsonl, line 3: not valid JSON"):
+        next(rows)
+
+
+def test_csv_rows_with_newlines_in_quotes_are_read_again_by_offset(tmp_path):
+    Video(indexed(8), fps=4.0).save(tmp_path / "a.mp4")
+    Video(indexed(4, 20, 20), fps=4.0).save(tmp_path / "b.gif")
+    (tmp_path / "m.csv").write_text(
+        '\ufeffpath,caption\n"a.mp4","two\nlines, and a comma"\n\nb.gif, "é"\n', encoding="utf-8"
+    )
+    rows = read_manifest(tmp_path / "m.csv")
+    assert [(Path(r.path).name, r.caption, r.line) for r in rows] == [("a.mp4", "two\nlines, and a comma", 2), ("b.gif", "é", 5)]
+    ds = FolderDataset(tmp_path / "m.csv", size=8, frames=2, fps=4.0)
+    assert [ds.row(i).caption for i in range(len(ds))] == ["two\nlines, and a comma"] * 4 + ["é"] * 2
+    assert ds[5]["caption"] == "é"
+
+
+def test_the_dataset_holds_arrays_not_rows(clips):
+    ds = build(write_jsonl(clips / "m.jsonl", ROWS * 50), size=8, frames=2, fps=4.0)
+    assert len(ds) == 8 * 50
+    assert all(isinstance(a, np.ndarray) for a in (ds._offsets, ds._item_rows, ds._item_starts))
+    assert ds.skipped_count == 150 and len(ds.skipped) == 150
+    clone = pickle.loads(pickle.dumps(ds))  # what a spawned DataLoader worker gets
+    assert clone[399]["caption"] == ds[399]["caption"] == "an image"
+
+
+def test_a_manifest_edited_under_a_dataset_is_named(clips):
+    manifest = write_jsonl(clips / "m.jsonl", ROWS[:1])
+    ds = build(manifest, size=8, frames=2, fps=4.0)
+    write_jsonl(manifest, ROWS[:2])
+    with pytest.raises(KinemaError, match=r"m\.jsonl changed after the dataset was built"):
+        ds[0]
+
+
+def test_skipped_files_are_counted_all_and_listed_up_to_a_cap(tmp_path, monkeypatch):
+    import kinema.data.folder as folder
+
+    monkeypatch.setattr(folder, "LISTED", 3)
+    Video(indexed(8), fps=4.0).save(tmp_path / "a.mp4")
+    rows = [{"path": f"missing{i}.mp4", "caption": ""} for i in range(10)] + [{"path": "a.mp4", "caption": ""}]
+    ds = build(write_jsonl(tmp_path / "m.jsonl", rows), size=8, frames=2, fps=4.0)
+    assert (ds.skipped_count, [Path(p).name for p, _ in ds.skipped]) == (10, ["missing0.mp4", "missing1.mp4", "missing2.mp4"])
 
 
 def test_bad_arguments(clips):
@@ -205,6 +282,18 @@ def test_manifest_stats(clips):
     assert stats["fps"] == {"10": 3, "8": 1}
     assert sorted(Path(u["path"]).name for u in stats["unreadable"]) == ["bad.mp4", "missing.mp4"]
     assert all(u["path"] in u["reason"] for u in stats["unreadable"])
+    assert stats["unreadable_count"] == 2
+
+
+def test_manifest_stats_names_a_few_unreadable_files_and_writes_them_all(clips):
+    out = clips / "report" / "unreadable.jsonl"
+    stats = manifest_stats(write_jsonl(clips / "m.jsonl", ROWS * 3), listed=1, unreadable_out=out)
+    assert (stats["rows"], stats["unreadable_count"], len(stats["unreadable"])) == (18, 6, 1)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(Path(w["path"]).name, w["line"]) for w in written[:2]] == [("bad.mp4", 4), ("missing.mp4", 5)]
+    assert len(written) == 6 and os.listdir(out.parent) == ["unreadable.jsonl"]
+    with pytest.raises(KinemaError, match=r"name it \*\.jsonl"):
+        manifest_stats(clips / "m.jsonl", unreadable_out=clips / "x.txt")
 
 
 def test_write_manifest_round_trip(tmp_path):

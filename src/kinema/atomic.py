@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from kinema.errors import KinemaError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)`, fsync the result, then rename it onto `path`; returns `path`.
@@ -40,3 +42,24 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Indented, key-sorted JSON; NaN and infinities are refused (they are not JSON)."""
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def check_writable(path: str | os.PathLike, option: str = "--out", *, folder: bool = False) -> None:
+    """Raise a KinemaError unless a file (with `folder`, a folder) can be written at `path`, creating the missing
+    folders above it: checked before any work, by writing a temp file into the nearest existing folder, since
+    permission bits say nothing to root or about a read-only mount. `option` names it in the message."""
+    target = Path(path).absolute()
+    if not folder and target.is_dir():
+        raise KinemaError(f"{option} {path}: {target} is a folder; give a file name")
+    place = target if folder else target.parent
+    while not os.path.lexists(place) and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise KinemaError(f"{option} {path}: {place} is a file, not a folder; choose another {option}")
+    try:
+        with tempfile.TemporaryFile(dir=place):
+            pass
+    except OSError as e:
+        raise KinemaError(
+            f"{option} {path}: cannot write into {place} ({e.strerror}); make it writable or choose another {option}"
+        ) from None

@@ -16,13 +16,18 @@ app.add_typer(data_app, name="data")
 DATASET_HELP = "shapes, shapes2 (two objects), shapes-mixed (one or two), digits (moving MNIST digits), or a path to a .csv/.jsonl manifest"
 
 
-def _dataset(name: str, *, size: int, frames: int, split: str | None, seed: int):
-    from kinema.data import get_dataset
+ALLOW_OUTSIDE_HELP = "Let a manifest name files outside its folder (absolute paths, .., symlinks out): only for a manifest you trust."
 
-    kwargs: dict = {"size": size, "frames": frames, "seed": seed}
+
+def _dataset(name: str, *, size: int, frames: int, split: str | None, seed: int, allow_outside: bool):
+    from kinema.data import DATASET_NAMES, get_dataset
+
+    kwargs: dict = {"size": size, "frames": frames}
+    if name in DATASET_NAMES:  # a manifest's clips are what they are: no seed
+        kwargs["seed"] = seed
     if split is not None:
         kwargs["split"] = split
-    return get_dataset(name, **kwargs)
+    return get_dataset(name, allow_outside=allow_outside, **kwargs)
 
 
 def grid(clips: list, columns: int, gap: int = 2) -> "object":
@@ -48,13 +53,14 @@ def preview(
     split: str = typer.Option(None, "--split", help="Dataset split (shapes: train, heldout, all; digits: train, test)."),
     size: int = typer.Option(64, "--size", help="Frame size in pixels."),
     frames: int = typer.Option(17, "--frames", help="Frames per clip."),
-    seed: int = typer.Option(0, "--seed", help="Dataset seed."),
+    seed: int = typer.Option(0, "--seed", help="Dataset seed (built-in datasets)."),
+    allow_outside: bool = typer.Option(False, "--allow-outside", help=ALLOW_OUTSIDE_HELP),
 ) -> None:
     """Write a grid of N clips as one video; captions are printed and stored in its metadata."""
     from kinema.data.transforms import to_uint8
     from kinema.video import Video
 
-    ds = _dataset(dataset, size=size, frames=frames, split=split, seed=seed)
+    ds = _dataset(dataset, size=size, frames=frames, split=split, seed=seed, allow_outside=allow_outside)
     n = min(n, len(ds))
     items = [ds[i] for i in range(n)]
     clips = [to_uint8(item["video"]) for item in items]
@@ -80,7 +86,8 @@ def export(
     fmt: str = typer.Option("mp4", "--format", help="File format per clip: mp4, webm, gif or png (a folder of PNGs)."),
     size: int = typer.Option(64, "--size", help="Frame size in pixels."),
     frames: int = typer.Option(17, "--frames", help="Frames per clip."),
-    seed: int = typer.Option(0, "--seed", help="Dataset seed."),
+    seed: int = typer.Option(0, "--seed", help="Dataset seed (built-in datasets)."),
+    allow_outside: bool = typer.Option(False, "--allow-outside", help=ALLOW_OUTSIDE_HELP),
 ) -> None:
     """Export N clips as files plus a manifest.jsonl that `FolderDataset` (and `kinema train`) can read."""
     from tqdm import tqdm
@@ -92,7 +99,7 @@ def export(
 
     if fmt not in ("mp4", "webm", "gif", "png"):
         raise KinemaError(f"--format {fmt!r} is not supported; use mp4, webm, gif or png")
-    ds = _dataset(dataset, size=size, frames=frames, split=split, seed=seed)
+    ds = _dataset(dataset, size=size, frames=frames, split=split, seed=seed, allow_outside=allow_outside)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in tqdm(range(min(n, len(ds))), desc="export", unit="clip"):
@@ -106,9 +113,16 @@ def export(
 
 
 @data_app.command()
-def stats(manifest: Path = typer.Argument(..., help="A .csv or .jsonl manifest of clips and captions.")) -> None:
-    """Count, durations, sizes and unreadable files of a manifest."""
+def stats(
+    manifest: Path = typer.Argument(..., help="A .csv or .jsonl manifest of clips and captions."),
+    listed: int = typer.Option(20, "--list", min=0, help="Unreadable files to name in the output (all are counted)."),
+    unreadable_out: Path = typer.Option(None, "--unreadable-out", help="A .jsonl file to write every unreadable file to (path, line, reason)."),
+    allow_outside: bool = typer.Option(False, "--allow-outside", help=ALLOW_OUTSIDE_HELP),
+) -> None:
+    """Count, durations, sizes and unreadable files of a manifest, read row by row with a progress bar."""
     from kinema.data.folder import manifest_stats
 
-    s = manifest_stats(manifest)
+    s = manifest_stats(manifest, allow_outside=allow_outside, listed=listed, unreadable_out=unreadable_out)
     typer.echo(json.dumps(s, indent=2, default=str))
+    if unreadable_out is not None and s["unreadable_count"]:
+        typer.echo(f"wrote the {s['unreadable_count']} unreadable file(s) to {unreadable_out}", err=True)

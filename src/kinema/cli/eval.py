@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from kinema.atomic import check_writable
 from kinema.cli import app
 
 eval_app = typer.Typer(
@@ -63,6 +64,13 @@ def _settings(
     )
 
 
+def _check_outputs(out: Path, save_videos: Path | None = None) -> None:
+    """Where the report (and the clips) go can be written: found before the evaluation, not after it."""
+    check_writable(out, "--out")
+    if save_videos is not None:
+        check_writable(save_videos, "--save-videos", folder=True)
+
+
 def _progress(message: str) -> None:
     typer.echo(message, err=True)
 
@@ -93,6 +101,7 @@ def shapes(
     from kinema.eval.report import write_report
     from kinema.eval.shapes_eval import check_objects, draw_windows, evaluate_shapes, get_task, shapes_markdown
 
+    _check_outputs(out, save_videos)
     eval_task = get_task(task)  # a bad name or combination fails before the model loads
     check_objects(objects, per_combination, task)
     settings = _settings(steps, sampler, guidance, guidance_interval, seed, image_first, shift)
@@ -127,6 +136,7 @@ def digits(
     from kinema.eval.digits import digits_markdown, evaluate_digits
     from kinema.eval.report import write_report
 
+    _check_outputs(out, save_videos)
     settings = _settings(steps, sampler, guidance, guidance_interval, seed, shift=shift)
     pipe = _load_pipeline(model, device, precision)
     report, sheet = evaluate_digits(
@@ -148,6 +158,7 @@ def vae(
     out: Path = typer.Option(Path("vae_report.json"), "--out", help="The JSON report; the .md summary goes beside it."),
     i3d: Path = typer.Option(None, "--i3d", help=I3D_HELP),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32 or bf16 (autocast on the CPU; auto: bf16 where the CPU computes it natively)."),
+    allow_outside: bool = typer.Option(False, "--allow-outside", help="Let a --data manifest name files outside its folder (only for a manifest you trust)."),
 ) -> None:
     """Reconstruct clips through a VAE: PSNR, SSIM, flicker beside the real clips', FVD."""
     from kinema.data import get_dataset
@@ -159,6 +170,7 @@ def vae(
     from kinema.precision import check_precision
 
     check_precision(precision, "--precision")
+    _check_outputs(out)
     shipped = shipped_pipelines()
     # A shipped name means that pipeline's VAE, as `--model` does for generate and eval shapes.
     directory = resolve(model) if model in shipped else Path(model)
@@ -171,7 +183,7 @@ def vae(
     kwargs = {"size": size, "frames": frames}
     if split is not None:
         kwargs["split"] = split
-    dataset = get_dataset(data, **kwargs)
+    dataset = get_dataset(data, allow_outside=allow_outside, **kwargs)
     autoencoder.latent_shape((1, 3, frames, size, size))  # a size the VAE cannot take fails here, named
     report = evaluate_vae(autoencoder, dataset, model=model, data=data, n=n, i3d=i3d, precision=precision)
     paths = write_report(report, None, out, vae_markdown)
@@ -191,6 +203,7 @@ def train_digit_classifier_cmd(
     from kinema.eval.digits import train_digit_classifier
     from kinema.eval.fvd import save_network
 
+    check_writable(out, "--out", folder=True)
     model, info = train_digit_classifier(epochs=epochs, seed=seed, log=typer.echo)
     info["command"] = f"kinema eval train-digit-classifier --out DIR --epochs {epochs} --seed {seed}"
     path = save_network(model, out, "digit_classifier", info)
@@ -208,6 +221,7 @@ def train_video_features_cmd(
 
     from kinema.eval.fvd import save_network, train_video_features
 
+    check_writable(out, "--out", folder=True)
     model, info = train_video_features(steps=steps, seed=seed, log=typer.echo)
     info["command"] = f"kinema eval train-video-features --out DIR --steps {steps} --seed {seed}"
     path = save_network(model, out, "video_features", info)

@@ -261,6 +261,7 @@ def _is_folder(text: str) -> bool:
 
 def _targets(out: str, count: int) -> list[str]:
     """The output path of each video: `out` itself for one, else out_000.ext ... (folders: name_000/)."""
+    from kinema.atomic import check_writable
     from kinema.errors import KinemaError
     from kinema.video.paths import local_path
 
@@ -271,6 +272,7 @@ def _targets(out: str, count: int) -> list[str]:
             f"--out {out}: cannot write {suffix or 'a name without extension'}; use .mp4, .webm, .gif, .mov, .mkv, "
             "or a folder ending in / for PNG frames"
         )
+    check_writable(out, "--out", folder=_is_folder(out))  # before the model loads, not after the video is made
     if count == 1:
         return [out]
     if _is_folder(out):

@@ -29,13 +29,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def get_dataset(name_or_manifest: str, **kw: Any) -> Any:
+def get_dataset(name_or_manifest: str, *, allow_outside: bool = False, **kw: Any) -> Any:
     """The dataset named `shapes` (one object), `shapes2` (two objects), `shapes-mixed`
     (one object in two clips of three, two in the third; one caption in four leaves the sizes out), `digits`
     (moving MNIST digits), or a FolderDataset for a `.csv` / `.jsonl` manifest path.
 
     Keyword arguments go to the dataset (size, frames, split, ...); one it does
-    not take raises KinemaError naming the ones it does.
+    not take raises KinemaError naming the ones it does. allow_outside lets a
+    manifest name files outside its folder (built-in datasets have no files).
     """
     name = str(name_or_manifest)
     args: tuple[Any, ...] = ()
@@ -50,7 +51,7 @@ def get_dataset(name_or_manifest: str, **kw: Any) -> Any:
     elif name.lower().endswith(MANIFEST_SUFFIXES):
         from kinema.data.folder import FolderDataset
 
-        cls, fixed, args = FolderDataset, {}, (name,)
+        cls, fixed, args = FolderDataset, {"allow_outside": allow_outside}, (name,)
     else:
         raise KinemaError(
             f"unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)} "

@@ -34,6 +34,8 @@ from safetensors.torch import load_file, save_file
 from kinema.errors import KinemaError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+SAVED_AGAIN = re.compile(r"^\.old-step-(\d+)-\d+$")
+"""A checkpoint moved aside while its step is saved again; a kill -9 between the two renames leaves it alone."""
 STATE_FILE = "state.json"
 
 
@@ -82,12 +84,12 @@ def save_checkpoint(
         state_path.write_text(json.dumps({**state, "step": step, "files": files}, indent=2, sort_keys=True))
         _fsync_path(state_path)
         _fsync_path(tmp)
+        old = root / f".old-{final.name}-{os.getpid()}"
         if final.exists():  # the same step saved again (e.g. interrupted right after a periodic save)
-            old = root / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old)
+            os.replace(final, old)  # a kill -9 from here to the next rename leaves it as .old-: see remove_temporaries
         os.replace(tmp, final)
         _fsync_path(root)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         code = storage_errno(e)
@@ -135,11 +137,20 @@ def storage_fix(code: int) -> str:
 
 
 def remove_temporaries(root: Path) -> None:
-    """Remove the temporary folders other processes left in `root` (a kill -9, a failed write)."""
+    """Remove the temporary folders other processes left in `root` (a kill -9, a failed write).
+
+    A complete `.old-step-N-PID` with no `step-N` beside it is a checkpoint being saved again when the process
+    died between its two renames: it is put back, not removed."""
     for entry in root.iterdir():
         stale = entry.name.startswith((".tmp-", ".old-")) and not entry.name.endswith(f"-{os.getpid()}")
-        if stale and entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
+        if not (stale and entry.is_dir()):
+            continue
+        if match := SAVED_AGAIN.match(entry.name):
+            final = root / step_dir_name(int(match.group(1)))
+            if not final.exists() and is_complete(entry):
+                os.replace(entry, final)
+                continue
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def is_complete(path: Path) -> bool:
@@ -156,12 +167,12 @@ def list_checkpoints(checkpoints_dir: str | os.PathLike) -> list[tuple[int, Path
     root = Path(checkpoints_dir)
     if not root.is_dir():
         return []
-    found = []
+    found, aside = {}, {}
     for entry in root.iterdir():
-        match = STEP_DIR.match(entry.name)
+        match = STEP_DIR.match(entry.name) or SAVED_AGAIN.match(entry.name)
         if match and entry.is_dir() and is_complete(entry):
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
+            (found if entry.name.startswith("step-") else aside)[int(match.group(1))] = entry
+    return sorted({**aside, **found}.items())  # a step's own folder wins over one set aside
 
 
 def latest_checkpoint(checkpoints_dir: str | os.PathLike) -> Path | None:
@@ -172,6 +183,7 @@ def latest_checkpoint(checkpoints_dir: str | os.PathLike) -> Path | None:
 def prune(checkpoints_dir: Path, *, keep: int, also_keep: int | None = None) -> None:
     """Keep the newest `keep` complete checkpoints and step `also_keep`'s (the last one known to be good); remove
     older ones, incomplete ones and stale temporaries."""
+    remove_temporaries(checkpoints_dir)
     complete = list_checkpoints(checkpoints_dir)
     keep_paths = {path for _, path in complete[-keep:]} | {path for s, path in complete if s == also_keep}
     newest = complete[-1][0] if complete else -1
@@ -179,7 +191,6 @@ def prune(checkpoints_dir: Path, *, keep: int, also_keep: int | None = None) -> 
         match = STEP_DIR.match(entry.name)
         if match and entry.is_dir() and entry not in keep_paths and int(match.group(1)) <= newest:
             shutil.rmtree(entry, ignore_errors=True)
-    remove_temporaries(checkpoints_dir)
 
 
 def checkpoint_at(checkpoints_dir: str | os.PathLike, step: int) -> Path | None:

@@ -38,7 +38,7 @@ STORES = ("auto", "memory", "stream")
 
 SAFE_ON_RESUME = (
     "steps", "log", "sample", "checkpoint.every", "checkpoint.keep", "data.num_workers", "data.store", "data.store_dir",
-    "init_from", "diffusion.init_from",
+    "data.allow_outside", "init_from", "diffusion.init_from",
 )  # fmt: skip
 """Dotted names (and their sub-fields) that may change when a run resumes: they do not change what is learned
 (init_from only starts a new run)."""
@@ -111,6 +111,8 @@ class DataConfig:
     """Frames per clip (1 + k * the VAE's temporal factor)."""
     fps: float | None = None
     """Frame rate clips are resampled to (manifests only); None keeps the dataset's default."""
+    allow_outside: bool = False
+    """Manifests only: accept files outside the manifest's folder (absolute paths, `..`, symlinks out)."""
     length: int | None = None
     """Number of clips of a synthetic dataset; None keeps the dataset's default."""
     batch_size: int = 16

@@ -42,7 +42,7 @@ def dataset_for(config: Any) -> Any:
 
     d = config.data
     extra = {k: v for k, v in (("fps", d.fps), ("length", d.length)) if v is not None}
-    return get_dataset(d.dataset, size=d.size, frames=d.frames, **extra)
+    return get_dataset(d.dataset, size=d.size, frames=d.frames, allow_outside=d.allow_outside, **extra)
 
 
 def mix_seed(*parts: int) -> int:

@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from torch.utils.data import Dataset
 
 from kinema import config as cfg
 from kinema import precision as precisions
-from kinema.atomic import atomic_write, write_json
+from kinema.atomic import atomic_write, check_writable, write_json
 from kinema.errors import KinemaError
 from kinema.train import checkpoint as ckpt
 from kinema.train import distributed
@@ -488,24 +487,11 @@ def _train(
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Raise a KinemaError unless `out_dir` is a folder this process can write into, or can create (checked by
-    writing: permission bits say nothing to root or about a read-only mount)."""
-    folder = out_dir.absolute()
-    while not os.path.lexists(folder) and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise KinemaError(f"--out {out_dir}: {folder} is a file, not a folder; choose a folder for the run")
-    places = [folder]
-    if folder == out_dir.absolute() and (folder / "checkpoints").is_dir():
-        places.append(folder / "checkpoints")
-    for place in places:
-        try:
-            with tempfile.TemporaryFile(dir=place):
-                pass
-        except OSError as e:
-            raise KinemaError(
-                f"--out {out_dir}: cannot write into {place} ({e.strerror}); make it writable or choose another --out"
-            ) from None
+    """Raise a KinemaError unless `out_dir` is a folder this process can write into, or can create, and so is its
+    checkpoints/ folder when it has one."""
+    check_writable(out_dir, "--out", folder=True)
+    if (out_dir / "checkpoints").is_dir():
+        check_writable(out_dir / "checkpoints", "--out", folder=True)
 
 
 def storage_problem(e: BaseException, out_dir: Path) -> str | None:

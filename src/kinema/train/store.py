@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from kinema.atomic import atomic_write
+from kinema.train import checkpoint as ckpt
 from kinema.train.data import Items, Pick, loader, plan_tensors
 
 log = logging.getLogger("kinema.train")
@@ -292,11 +293,22 @@ def open_store(
         if world.is_main and saved_key(path) != key:
             started = time.perf_counter()
             store = encode(dataset, prepare, frozen, config, device, autocast, tokenizer=tokenizer)
-            save(store, path, key)
-            print(f"data: encoded in {time.perf_counter() - started:.0f} s, saved to {path}", flush=True)
+            try:
+                save(store, path, key)
+                print(f"data: encoded in {time.perf_counter() - started:.0f} s, saved to {path}", flush=True)
+            except Exception as e:  # a cache: a full or read-only disk costs the next run an encoding, not this run
+                code = ckpt.storage_errno(e)
+                if code is None:
+                    raise
+                print(f"data: could not save the latent store to {path} ({os.strerror(code)}); this run keeps it in "
+                      "memory and the next one encodes again, unless that folder has room and is writable by then or "
+                      'data.store_dir names another ("" keeps the store in memory only)', flush=True)  # fmt: skip
         distributed.barrier(world)
-        if store is None:  # saved by an earlier run, or by rank 0 for this one
-            store = load(path, device)
+        if store is None:  # saved by an earlier run, or by rank 0 for this one (if it could)
+            if saved_key(path) == key:
+                store = load(path, device)
+            else:
+                store = encode(dataset, prepare, frozen, config, device, autocast, tokenizer=tokenizer, progress=False)
     if world.is_main:
         print(
             f"data: {int(store.valid.sum())} samples in the latent store on {device.type} "
