@@ -335,3 +335,17 @@ def test_signals_to_the_process_group_stop_with_a_checkpoint_and_resume_finishes
     out, err = done.communicate(timeout=120)
     assert done.returncode == 0, err[-2000:]
     assert steps_saved(run)[-1] == steps and (run / "pipeline").is_dir()
+
+
+def test_a_second_run_into_a_live_runs_folder_is_refused_and_touches_nothing(tmp_path):
+    run = tmp_path / "run"
+    proc = start(run, 400)
+    try:
+        wait_for_a_checkpoint(proc, run)
+        with pytest.raises(KinemaError, match=rf"--out {run}: another kinema train \(pid {proc.pid}\) is writing into this folder"):
+            train(debug(steps=2), run, resume=True)
+        assert proc.poll() is None and (run / "config.json").is_file() and steps_saved(run)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert train(debug(steps=1), run, resume=True).step >= 1  # the lock went with the killed process

@@ -26,7 +26,7 @@ import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -108,13 +108,18 @@ def train(
     world = distributed.init(config.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     out_dir = Path(out_dir)
-    folder = None
+    folder = lock = None
     try:
         if world.is_main:
             check_out_dir(out_dir)
             # noted before anything is written, so that a run that fails before its first checkpoint leaves no
             # half-run behind (config.json, samples/...), and nothing that was there before is touched
             folder = RunFolder(out_dir)
+            try:
+                lock = lock_run_folder(out_dir)
+            except KinemaError:
+                folder = None  # the folder is another run's, live: leave every file of it alone
+                raise
         return _train(
             config,
             out_dir,
@@ -131,6 +136,8 @@ def train(
             raise KinemaError(problem) from e
         raise
     finally:
+        if lock is not None:
+            lock.close()  # releases the lock
         torch.use_deterministic_algorithms(deterministic)
         distributed.shutdown(world)
 
@@ -492,6 +499,36 @@ def check_out_dir(out_dir: Path) -> None:
     check_writable(out_dir, "--out", folder=True)
     if (out_dir / "checkpoints").is_dir():
         check_writable(out_dir / "checkpoints", "--out", folder=True)
+
+
+LOCK_FILE = ".kinema-train.lock"
+
+
+def lock_run_folder(out_dir: Path) -> IO[str] | None:
+    """Hold an exclusive lock on out_dir/LOCK_FILE for the run (closing the file releases it, as does the
+    process's death, kill -9 included): two runs writing into one folder would interleave their checkpoints.
+    None where the platform has no flock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f = open(out_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        raise KinemaError(
+            f"--out {out_dir}: another kinema train (pid {pid}) is writing into this folder; wait for it to end "
+            "or choose another --out"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def storage_problem(e: BaseException, out_dir: Path) -> str | None:
