@@ -201,7 +201,7 @@ def _file(role: str, change):
         path = d / f"{role}.safetensors"
         data = change(path.read_bytes())
         path.write_bytes(data)
-        sha = storage.short_sha(data)
+        sha = checkpoint.short_sha(data)
         m["components"][role].update(files={path.name: sha}, weights=sha)
         _rehash(d, m)
 
@@ -387,7 +387,7 @@ def test_a_pipeline_text_encoder_folder_with_pickled_weights_is_refused(t5_folde
     manifest = json.loads((path / "pipeline.json").read_text())
     files = manifest["components"]["text_encoder"]["files"]
     del files["text_encoder/model.safetensors"]
-    files["text_encoder/pytorch_model.bin"] = storage.file_sha(path / "text_encoder" / "pytorch_model.bin")
+    files["text_encoder/pytorch_model.bin"] = checkpoint.weights_hash(path / "text_encoder" / "pytorch_model.bin")
     (path / "pipeline.json").write_text(json.dumps(manifest))
     with pytest.raises(KinemaError, match=r"no .safetensors weights, only pytorch_model.bin"):
         Pipeline.load(path)

@@ -11,6 +11,7 @@ import torch
 
 from kinema.diffusion import conditioning
 from kinema.errors import KinemaError
+from kinema.models import checkpoint
 from kinema.pipelines import common, storage
 from kinema.pipelines.pipeline import Pipeline, SamplingSettings
 from kinema.pipelines.presets import random_pipeline
@@ -368,7 +369,7 @@ def test_save_load_round_trip_gives_identical_outputs(pipe, clip, tmp_path):
     assert manifest["process"]["kind"] == "flow_matching"
     for record in manifest["components"].values():
         for name, sha in record["files"].items():
-            assert storage.file_sha(path / name) == sha
+            assert checkpoint.weights_hash(path / name) == sha
 
     loaded = Pipeline.load(path)
     assert loaded.model_hash == pipe.model_hash and loaded.settings == pipe.settings

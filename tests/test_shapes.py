@@ -331,8 +331,8 @@ def test_mixed_object_counts_reuse_the_fixed_count_clips():
 
 
 def test_get_dataset_routes_manifests_to_folder_dataset(tmp_path):
-    folder = pytest.importorskip("kinema.data.folder")
     import kinema.data
+    from kinema.data import folder
 
     assert kinema.data.FolderDataset is folder.FolderDataset
     manifest = tmp_path / "clips.jsonl"

@@ -60,6 +60,10 @@ def from_dict(cls: type[T], data: Any, name: str = "") -> T:
     if not isinstance(data, dict):
         raise TypeError(f"{name or cls.__name__} takes {type_name(cls)}, got {show(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    # A field kinema no longer has is dropped where it holds the value that made it a no-op (old run folders
+    # and pipelines still read); any other value of it is an error, as an unknown field is.
+    retired: dict[str, Any] = getattr(cls, "RETIRED", {})
+    data = {k: v for k, v in data.items() if not (k in retired and v == retired[k])}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{name}: unknown field(s)" if name else f"{cls.__name__}: unknown field(s)"

@@ -37,11 +37,11 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kinema import config as cfg
 from kinema.errors import KinemaError
+from kinema.models.checkpoint import load_weights, read_meta, save_weights
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 VIDEO_FEATURES_DIR = ASSETS / "video_features"
@@ -330,35 +330,15 @@ def fit(
 
 def save_network(model: nn.Module, directory: str | os.PathLike, name: str, info: dict[str, Any]) -> Path:
     """Write `{name}.safetensors` and `{name}.json` (config and `info`) atomically into `directory`."""
-    from kinema.atomic import atomic_write, write_json
-    from kinema.models.checkpoint import state_dict_for_saving, weights_hash
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / f"{name}.safetensors"
-    state = state_dict_for_saving(model)
-    atomic_write(weights, lambda tmp: save_file(state, tmp))
-    meta = {"config": cfg.to_dict(model.config), "sha256": weights_hash(weights), **info}
-    write_json(directory / f"{name}.json", meta)
-    return weights
+    save_weights(model, directory, name, {"config": cfg.to_dict(model.config), **info})
+    return Path(directory) / f"{name}.safetensors"
 
 
 def load_network(cls: type[N], directory: str | os.PathLike, name: str) -> N:
-    """Build `cls` from `{name}.json` and load `{name}.safetensors` strictly; evaluation mode."""
-    directory = Path(directory)
-    meta_path, weights = directory / f"{name}.json", directory / f"{name}.safetensors"
-    if not meta_path.is_file() or not weights.is_file():
-        raise KinemaError(
-            f"{directory}: missing {name}.json or {name}.safetensors; train them with "
-            f"`kinema eval train-{name.replace('_', '-')} --out {directory}`"
-        )
-    meta = json.loads(meta_path.read_text())
-    model = cls(cfg.from_dict(cls.config_class, meta["config"]))  # type: ignore[attr-defined]
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except RuntimeError as e:
-        raise KinemaError(f"{weights}: the weights do not match {meta_path.name} ({str(e).splitlines()[0]})") from None
-    return model.eval()
+    """Build `cls` from `{name}.json` and load `{name}.safetensors` (checked as any model's); evaluation mode."""
+    command = f"`kinema eval train-{name.replace('_', '-')} --out {directory}`"
+    meta, meta_path, weights = read_meta(directory, name, f"train the network with {command}")
+    return load_weights(cls, meta, meta_path, weights).eval()
 
 
 def network_info(directory: str | os.PathLike, name: str) -> dict[str, Any]:

@@ -21,16 +21,18 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from kinema import config as cfg
 from kinema.atomic import atomic_write, write_json
 from kinema.errors import KinemaError
+
+M = TypeVar("M", bound=nn.Module)
 
 # "kind" in the JSON -> (module, class). The class has `config_class` and takes its config.
 MODEL_CLASSES: dict[str, tuple[str, str]] = {
@@ -60,7 +62,18 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def serialize(module: nn.Module) -> bytes:
+    """A module's weights as safetensors bytes: what `save_weights` writes, so hashing them gives the file's hash."""
+    return save(state_dict_for_saving(module))
+
+
+def short_sha(data: bytes) -> str:
+    """The 16-hex-digit sha256 kinema names weights and pipelines by."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def weights_hash(path: str | os.PathLike) -> str:
+    """`short_sha` of a file, read in 1 MB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -68,39 +81,48 @@ def weights_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def save_model(model: nn.Module, directory: str | os.PathLike, name: str = "model", *, extra: dict[str, Any] | None = None) -> Path:
-    """Write `{name}.safetensors` and `{name}.json` (kind, config, hash) atomically into `directory`."""
+def save_weights(module: nn.Module, directory: str | os.PathLike, name: str, meta: dict[str, Any]) -> str:
+    """Write `{name}.safetensors` and `{name}.json` (`meta` plus the weights' sha256) atomically into `directory`;
+    returns the hash. The one way kinema saves a module: models, pipeline components, the eval networks."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / f"{name}.safetensors"
-    atomic_write(weights, lambda tmp: save_file(state_dict_for_saving(model), tmp))
-    meta = {"kind": model_kind(model), "config": cfg.to_dict(model.config), "sha256": weights_hash(weights), **(extra or {})}
-    write_json(directory / f"{name}.json", meta)
-    return weights
+    data = serialize(module)
+    sha = short_sha(data)
+    atomic_write(directory / f"{name}.safetensors", lambda tmp: Path(tmp).write_bytes(data))
+    write_json(directory / f"{name}.json", {**meta, "sha256": sha})
+    return sha
 
 
-def load_model(directory: str | os.PathLike, name: str = "model", *, device: str | torch.device = "cpu") -> nn.Module:
-    """Build the model described by `{name}.json` and load `{name}.safetensors` into it, strictly.
+def save_model(model: nn.Module, directory: str | os.PathLike, name: str = "model", *, extra: dict[str, Any] | None = None) -> Path:
+    """Write `{name}.safetensors` and `{name}.json` (kind, config, hash, `extra`) atomically into `directory`."""
+    save_weights(model, directory, name, {"kind": model_kind(model), "config": cfg.to_dict(model.config), **(extra or {})})
+    return Path(directory) / f"{name}.safetensors"
 
-    The weights' hash (when the JSON records one), size and tensor shapes are checked against the JSON
-    before the model is allocated, and the weights must be finite.
-    """
+
+def read_meta(directory: str | os.PathLike, name: str, missing: str | None = None) -> tuple[dict[str, Any], Path, Path]:
+    """(`{name}.json` as a dict, its path, the weights' path); a missing or malformed file raises KinemaError
+    (`missing`: what to do about a missing one)."""
     directory = Path(directory)
     meta_path, weights = directory / f"{name}.json", directory / f"{name}.safetensors"
     for p in (meta_path, weights):
         if not p.is_file():
-            raise KinemaError(f"{p}: missing; a saved model needs both {name}.json and {name}.safetensors")
+            raise KinemaError(f"{p}: missing; {missing or f'a saved model needs both {name}.json and {name}.safetensors'}")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise KinemaError(f"{meta_path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict):
-        raise KinemaError(f"{meta_path}: expected a JSON object with kind, config and sha256; save the model again")
-    cls = model_class(meta.get("kind", ""))
+        raise KinemaError(f"{meta_path}: expected a JSON object with config and sha256; save the model again")
+    return meta, meta_path, weights
+
+
+def load_weights(cls: type[M], meta: dict[str, Any], meta_path: Path, weights: Path, device: str | torch.device = "cpu") -> M:
+    """Build `cls` from `meta`'s config and load `weights` into it, strictly. The weights' hash (when `meta`
+    records one), size and tensor shapes are checked before the model is allocated, and they must be finite."""
     try:
-        config = cfg.from_dict(cls.config_class, meta.get("config"), "config")
+        config = cfg.from_dict(cls.config_class, meta.get("config"), "config")  # type: ignore[attr-defined]
     except (ValueError, TypeError) as e:
-        raise KinemaError(f"{meta_path}: the {meta.get('kind')} config is invalid: {e}") from None
+        raise KinemaError(f"{meta_path}: the {meta.get('kind', cls.__name__)} config is invalid: {e}") from None
     shapes = read_header(weights)
     stated = meta.get("sha256")
     actual = weights_hash(weights) if stated is not None else None
@@ -110,7 +132,7 @@ def load_model(directory: str | os.PathLike, name: str = "model", *, device: str
             "was changed or damaged after saving; copy it again or save the model again"
         )
     check_fits(cls, config, shapes, weights, f"the config in {meta_path.name}")
-    model = cls(config)
+    model = cls(config)  # type: ignore[call-arg]
     try:
         state = load_file(str(weights), device=str(device))
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
@@ -118,6 +140,12 @@ def load_model(directory: str | os.PathLike, name: str = "model", *, device: str
     check_finite(state, weights)
     model.load_state_dict(state)
     return model.to(device)
+
+
+def load_model(directory: str | os.PathLike, name: str = "model", *, device: str | torch.device = "cpu") -> nn.Module:
+    """The registered model described by `{name}.json`, with `{name}.safetensors` loaded (see `load_weights`)."""
+    meta, meta_path, weights = read_meta(directory, name)
+    return load_weights(model_class(meta.get("kind", "")), meta, meta_path, weights, device)
 
 
 # ---- checks of untrusted weights, before and after loading ------------------------------------------

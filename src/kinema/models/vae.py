@@ -42,8 +42,6 @@ from kinema.nn import conv as shared_conv
 from kinema.nn.attention import attention
 from kinema.nn.norm import RMSNorm
 
-from kinema.models.vae_loss import PatchDiscriminator3d, VAELossConfig, discriminator_loss, vae_loss  # noqa: F401
-
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
 

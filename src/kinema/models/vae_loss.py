@@ -1,13 +1,12 @@
-"""The VAE's training objective, and an optional 3D patch discriminator.
+"""The VAE's training objective.
 
     loss = l1 * |x - recon| + mse * (x - recon)^2 + kl * KL(q(z|x) || N(0, 1))
-         + temporal * |diff_t(recon) - diff_t(x)| + adversarial * (-D(recon))
+         + temporal * |diff_t(recon) - diff_t(x)|
 
 Every term is a mean over elements (the KL over latent elements), so the weights
 do not depend on the clip's size. The temporal term compares consecutive-frame
 differences of the reconstruction with those of the input, penalising flicker
-that a per-frame loss does not see. The adversarial term (hinge loss, off by
-default) needs the discriminator's logits on the reconstruction.
+that a per-frame loss does not see.
 
 MSE leads by default (l1 0.1, mse 1): on clips that are mostly one flat
 background, such as the shapes dataset, a large L1 weight holds a fresh model
@@ -20,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,11 +33,12 @@ class VAELossConfig:
     """Weight of the KL divergence to N(0, 1), a mean over latent elements; small, so latents stay informative."""
     temporal_weight: float = 0.0
     """Weight of the mean absolute error of frame-to-frame differences (anti-flicker); about 0.1 when used."""
-    adversarial_weight: float = 0.0
-    """Weight of the generator's hinge loss against a PatchDiscriminator3d; 0 (off) by default."""
+    RETIRED = {"adversarial_weight": 0.0}  # not annotated: a class attribute, not a field
+    """Fields read from old configs where they hold these values, and dropped (no training loop had the
+    discriminator the adversarial term needed)."""
 
     def __post_init__(self) -> None:
-        for name in ("l1_weight", "mse_weight", "kl_weight", "temporal_weight", "adversarial_weight"):
+        for name in ("l1_weight", "mse_weight", "kl_weight", "temporal_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"VAELossConfig.{name} must be a number >= 0, got {value!r}")
@@ -60,13 +58,11 @@ def vae_loss(
     posterior_logvar: torch.Tensor,
     *,
     weights: VAELossConfig,
-    disc_fake_logits: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The VAE loss and each term (unweighted), for logging.
 
     x, recon: (B, C, T, H, W); posterior_mean, posterior_logvar: (B, c, t, h, w), as `VideoVAE.forward` returns.
-    disc_fake_logits: the discriminator's logits on `recon`, needed when weights.adversarial_weight > 0.
-    Returns {"loss", "l1", "mse", "kl", "temporal"[, "adversarial"]}, fp32 scalars.
+    Returns {"loss", "l1", "mse", "kl", "temporal"}, fp32 scalars.
     """
     if x.shape != recon.shape:
         raise ValueError(f"x {tuple(x.shape)} and recon {tuple(recon.shape)} must have the same shape")
@@ -87,40 +83,4 @@ def vae_loss(
         + weights.kl_weight * terms["kl"]
         + weights.temporal_weight * terms["temporal"]
     )
-    if weights.adversarial_weight > 0:
-        if disc_fake_logits is None:
-            raise ValueError("adversarial_weight > 0 needs disc_fake_logits (the discriminator's logits on recon)")
-        terms["adversarial"] = -disc_fake_logits.float().mean()
-        loss = loss + weights.adversarial_weight * terms["adversarial"]
     return {"loss": loss, **terms}
-
-
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Hinge loss of the discriminator: mean(relu(1 - D(x))) + mean(relu(1 + D(recon.detach())))."""
-    return F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean()
-
-
-class PatchDiscriminator3d(nn.Module):
-    """A 3D PatchGAN: strided 3D convs that score overlapping space-time patches as real or reconstructed.
-
-    Strides halve H and W only, so a one-frame video (an image) works too.
-    x: (B, C, T, H, W) -> logits (B, 1, T, H / 2^layers, W / 2^layers)
-    """
-
-    def __init__(self, in_channels: int = 3, channels: int = 32, layers: int = 3) -> None:
-        super().__init__()
-        blocks: list[nn.Module] = [nn.Conv3d(in_channels, channels, (3, 4, 4), (1, 2, 2), (1, 1, 1)), nn.LeakyReLU(0.2)]
-        dim = channels
-        for i in range(1, layers):
-            out = channels * min(2**i, 8)
-            blocks += [
-                nn.Conv3d(dim, out, (3, 4, 4), (1, 2, 2), (1, 1, 1), bias=False),
-                nn.GroupNorm(min(32, out // 4), out),
-                nn.LeakyReLU(0.2),
-            ]
-            dim = out
-        blocks.append(nn.Conv3d(dim, 1, 3, padding=1))
-        self.net = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)

@@ -3,6 +3,7 @@ and regional compilation (`compile_blocks`)."""
 
 from kinema.nn.attention import attention
 from kinema.nn.compile import compile_blocks
+from kinema.nn.conv import CausalConv3d
 from kinema.nn.embed import TimestepEmbedder, timestep_embedding
 from kinema.nn.mlp import MLP
 from kinema.nn.modulation import AdaLNZero, Modulation, modulate, modulation_rows, split_modulation
@@ -29,11 +30,3 @@ __all__ = [
     "timestep_embedding",
 ]
 
-
-def __getattr__(name: str):
-    # The causal conv lives in the lead's conv.py; imported lazily so this package never depends on it at import.
-    if name == "CausalConv3d":
-        from kinema.nn.conv import CausalConv3d
-
-        return CausalConv3d
-    raise AttributeError(f"module 'kinema.nn' has no attribute {name!r}")

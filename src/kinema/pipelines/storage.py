@@ -28,13 +28,24 @@ Pipelines shipped inside the package live in `kinema/assets/pipelines/<name>/`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kinema import config as cfg
 from kinema.errors import KinemaError
+from kinema.models.checkpoint import (
+    check_finite,
+    check_fits,
+    model_class,
+    model_kind,
+    read_header,
+    save_weights,
+    serialize,
+    short_sha,
+    weights_hash,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -55,18 +66,6 @@ ROLES: dict[str, tuple[str, ...]] = {
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "pipelines"
 
 
-def short_sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-def file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def model_hash(components: dict[str, dict[str, Any]], process: dict[str, Any]) -> str:
     """The pipeline's identity: each component's kind, config and weight hash, and the noise process."""
     identity = {
@@ -75,19 +74,8 @@ def model_hash(components: dict[str, dict[str, Any]], process: dict[str, Any]) -
     return short_sha(json.dumps({"components": identity, "process": process}, sort_keys=True).encode())
 
 
-def serialize(module: nn.Module) -> bytes:
-    """A module's weights as safetensors bytes (what `save` writes; hashing them gives the file's hash)."""
-    from safetensors.torch import save
-
-    from kinema.models.checkpoint import state_dict_for_saving
-
-    return save(state_dict_for_saving(module))
-
-
 def component_record(module: nn.Module) -> dict[str, Any]:
     """kind, config and weight hash of a component in memory (an HF encoder: its model's weights)."""
-    from kinema import config as cfg
-    from kinema.models.checkpoint import model_kind
     from kinema.models.text import HFTextEncoder
 
     if isinstance(module, HFTextEncoder):
@@ -104,7 +92,6 @@ def save_pipeline(pipe: Pipeline, directory: str | os.PathLike[str]) -> Path:
 
     An existing pipeline directory is replaced; a folder holding anything else is refused.
     """
-    from kinema import config as cfg
     from kinema.diffusion import process_to_dict
     from kinema.video.paths import atomic_output
 
@@ -146,14 +133,10 @@ def save_pipeline(pipe: Pipeline, directory: str | os.PathLike[str]) -> Path:
 
 
 def _save_module(module: nn.Module, folder: Path, name: str) -> dict[str, Any]:
-    """{name}.safetensors and {name}.json (the `kinema.models.checkpoint` layout); returns the record."""
+    """{name}.safetensors and {name}.json, as `save_model` writes them (so `load_model(DIR, name)` reads a
+    component alone); returns the component's record."""
     record = component_record(module)
-    data = serialize(module)
-    (folder / f"{name}.safetensors").write_bytes(data)
-    sha = short_sha(data)
-    # The same record `save_model` writes, so `load_model(DIR, name)` reads a component alone.
-    meta = {"kind": record["kind"], "config": record["config"], "sha256": sha}
-    (folder / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    sha = save_weights(module, folder, name, {"kind": record["kind"], "config": record["config"]})
     return {**record, "files": {f"{name}.safetensors": sha}}
 
 
@@ -166,7 +149,7 @@ def _save_text_encoder(module: nn.Module, folder: Path) -> dict[str, Any]:
     hf = folder / HF_FOLDER
     module.model.save_pretrained(hf, safe_serialization=True)
     module.tokenizer.save_pretrained(hf)
-    files = {p.relative_to(folder).as_posix(): file_sha(p) for p in sorted(hf.rglob("*")) if p.is_file()}
+    files = {p.relative_to(folder).as_posix(): weights_hash(p) for p in sorted(hf.rglob("*")) if p.is_file()}
     return {**record, "folder": HF_FOLDER, "dtype": str(module.model.dtype).removeprefix("torch."), "files": files}
 
 
@@ -344,7 +327,6 @@ def check_components(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 def _show(value: Any) -> str:
-    from kinema import config as cfg
 
     return cfg.show(value)
 
@@ -364,7 +346,7 @@ def check_files(directory: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
                 data[name] = path.read_bytes()
                 actual = short_sha(data[name])
             else:
-                actual = file_sha(path)
+                actual = weights_hash(path)
             if actual != expected:
                 wrong.append(f"{name} (sha256 {actual}, {MANIFEST} says {expected})")
         if record.get("kind") == "hf" and (directory / HF_FOLDER).is_dir():
@@ -429,9 +411,7 @@ def load_pipeline(name_or_path: str | os.PathLike[str], *, device: str | torch.d
     (built on the meta device) against its file's safetensors header, are checked; the sampling defaults
     and the provenance, which the hash does not cover, are checked too, and every weight must be finite.
     """
-    from kinema import config as cfg
     from kinema.diffusion import process_from_dict
-    from kinema.models.checkpoint import check_fits, model_class, read_header
     from kinema.pipelines.pipeline import Pipeline, SamplingSettings
 
     directory = resolve(name_or_path)
@@ -503,7 +483,6 @@ def _read_weights(directory: Path, record: dict[str, Any], data: dict[str, bytes
     """A component's tensors from its checked bytes, all of them finite."""
     from safetensors.torch import load
 
-    from kinema.models.checkpoint import check_finite
 
     (name,) = record["files"]
     try:
@@ -518,7 +497,6 @@ def _read_weights(directory: Path, record: dict[str, Any], data: dict[str, bytes
 
 def _build(record: dict[str, Any], config: Any, state: dict[str, torch.Tensor], device: str | torch.device) -> nn.Module:
     """The component's module, built now that its config and weights are known to fit."""
-    from kinema.models.checkpoint import model_class
 
     model = model_class(record["kind"])(config)
     model.load_state_dict(state)  # names and shapes were checked against the config (check_fits)
@@ -529,7 +507,6 @@ def _load_text_encoder(directory: Path, record: dict[str, Any], *, device: str |
     """The Hugging Face text encoder in DIR/text_encoder (a kinema text encoder is a component like the others)."""
     import torch
 
-    from kinema.models.checkpoint import check_finite
     from kinema.models.text import HFTextEncoder
 
     dtype = getattr(torch, str(record.get("dtype", "float32")))

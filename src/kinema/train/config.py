@@ -25,9 +25,9 @@ from kinema.models.text import TextEncoderConfig
 from kinema.models.unet3d import UNetConfig
 from kinema.models.vae import VAEConfig
 from kinema.models.vae_loss import VAELossConfig
+from kinema.precision import PRECISIONS
 
 STAGES = ("vae", "diffusion")
-PRECISIONS = ("auto", "fp32", "bf16")  # kinema.precision: "auto" is bf16 only where the device computes it natively
 DEVICES = ("auto", "cpu", "cuda")
 PARALLEL = ("ddp", "fsdp")
 SCHEDULES = ("cosine", "constant")
@@ -367,10 +367,6 @@ class TrainConfig:
         _check(self.parallel in PARALLEL, f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
         if self.stage == "vae":
             _check(self.vae is not None and self.vae_loss is not None, "stage 'vae' needs `vae` and `vae_loss` configs")
-            _check(
-                self.vae_loss.adversarial_weight == 0,
-                "vae_loss.adversarial_weight must be 0: the training loop has no discriminator",
-            )
             _check(
                 not self.data.cache,
                 "data.cache caches VAE latents for the diffusion stage; set it to false for stage 'vae'",

@@ -42,6 +42,7 @@ from kinema.train import checkpoint as ckpt
 from kinema.train import distributed
 from kinema.train.cache import LatentCache
 from kinema.train.config import (
+    SAFE_ON_RESUME,
     TrainConfig,
     check_field_names,
     config_changes,
@@ -152,12 +153,75 @@ def _train(
     allow_changes: Sequence[str],
     dataset: Dataset | None,
 ) -> Result:
-    stage = STAGES[config.stage]
-    device = world.device
-    o, d = config.optim, config.data
-    checkpoints = out_dir / "checkpoints"
+    start = starting_checkpoint(config, out_dir, resume=resume, resume_from=resume_from, allow_changes=allow_changes)
+    micro_size = micro_batch_size(config, world)
+    if world.is_main:
+        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", cfg.to_dict(config))
+        if resume_from is not None:
+            _drop_metrics_after(out_dir, resume_from)
+    run = build(config, out_dir, world, resuming=start is not None)
+    run.resumed, run.discard_after = start is not None, resume_from
+    if start is not None:
+        restore(run, start, allow_changes)
+    data = open_data(run, dataset)
 
-    # ---- where the run starts ----------------------------------------------------------------------
+    stop = StopSignals(verbose=world.is_main)
+    stop.install()
+    observer = None
+    if world.is_main:
+        log_config = config.log
+        observer = Observer(out_dir, total_steps=config.steps, start_step=run.step, progress=log_config.progress,
+                            tensorboard=log_config.tensorboard)  # fmt: skip
+    meter = Meter()
+    stopped_by = None
+    try:
+        while run.step < config.steps and stopped_by is None:
+            epoch_end = min(config.steps, (run.step // data.steps_per_epoch + 1) * data.steps_per_epoch)
+            batches = epoch_batches(run, data, epoch_end)
+            while run.step < epoch_end and stopped_by is None:
+                losses, samples, grad_norm, lr = train_step(run, batches, micro_size)
+                meter.add(losses, run.last_bad, samples * world.size)
+                observe(run, observer, meter, grad_norm, lr)
+                if stop.caught or world.distributed:
+                    stopped_by = signal_on_any_rank(world, stop.caught)
+                if config.sample.every and run.step % config.sample.every == 0:
+                    preview(run, data.dataset)
+                if run.step % config.checkpoint.every == 0 or run.step == config.steps or stopped_by is not None:
+                    checkpoint(run, stop, data.steps_per_epoch)
+                    if stopped_by is None and (stop.caught or world.distributed):  # a signal while it was written
+                        stopped_by = signal_on_any_rank(world, stop.caught)
+            del batches
+    finally:
+        stop.restore()
+        if data.cache is not None:
+            data.cache.flush()
+        if observer:
+            observer.close()
+
+    if stopped_by is not None:
+        if world.is_main:
+            name = signal.Signals(stopped_by).name
+            print(f"stopped by {name} after step {run.step}; checkpoint saved, continue with --resume", flush=True)
+        return Result(run.step, stopped_by, None)
+    if config.sample.every and run.step % config.sample.every:
+        preview(run, data.dataset)
+    final = run.averaged()
+    pipeline = write_pipeline(run.stage, final.eval(), run.frozen, config, out_dir) if final is not None else None
+    distributed.barrier(world)
+    return Result(run.step, None, pipeline)
+
+
+# ---- the steps of a run, in the order `_train` takes them ---------------------------------------------------
+
+
+def starting_checkpoint(
+    config: TrainConfig, out_dir: Path, *, resume: bool, resume_from: int | None, allow_changes: Sequence[str]
+) -> Path | None:
+    """The checkpoint the run continues from (None: a new run), after checking that the request makes sense:
+    a resume needs a checkpoint, a new run an empty folder, and a resumed config differs from the saved one
+    only where allowed."""
+    checkpoints = out_dir / "checkpoints"
     start = ckpt.latest_checkpoint(checkpoints)
     if resume_from is not None:
         start = ckpt.checkpoint_at(checkpoints, resume_from)
@@ -180,89 +244,168 @@ def _train(
         raise KinemaError(
             f"{out_dir} already holds a run (up to {start.name}); add --resume to continue it, or choose another --out"
         )
-    state = ckpt.read_state(start) if start is not None else None
-    if state is not None:
-        changed = resume_conflicts(state["config"], config, allow_changes)
+    if start is not None:
+        changed = resume_conflicts(ckpt.read_state(start)["config"], config, allow_changes)
         if changed:
             raise KinemaError(
-                f"cannot resume from {start}: the config changed in {', '.join(changed)}. Only steps, log.*, "
-                "sample.*, checkpoint.every, checkpoint.keep, data.num_workers, data.store, data.store_dir, "
-                "init_from and diffusion.init_from may change on resume; "
-                "restore the others, use a new --out, or change them on purpose with --allow-change NAME"
+                f"cannot resume from {start}: the config changed in {', '.join(changed)}. Only "
+                f"{', '.join(SAFE_ON_RESUME)} may change on resume; restore the others, use a new --out, or change "
+                "them on purpose with --allow-change NAME"
             )
+    return start
+
+
+def micro_batch_size(config: TrainConfig, world: World) -> int:
+    """Samples a rank takes per micro-step: the global batch over ranks and accumulation steps."""
+    d, o = config.data, config.optim
     micro_size, rest = divmod(d.batch_size, world.size * o.grad_accum)
     if rest or micro_size == 0:
         raise KinemaError(
             f"data.batch_size ({d.batch_size}) must be a multiple of ranks x optim.grad_accum "
             f"= {world.size} x {o.grad_accum}"
         )
-    if world.is_main:
-        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", cfg.to_dict(config))
-        if resume_from is not None:
-            _drop_metrics_after(out_dir, resume_from)
+    return micro_size
 
-    # ---- determinism and precision -------------------------------------------------------------------
+
+class Run:
+    """What a run holds from step to step: the models and their optimiser, where it is, and its tallies."""
+
+    def __init__(self, **parts: Any) -> None:
+        self.config: TrainConfig = parts["config"]
+        self.out_dir: Path = parts["out_dir"]
+        self.world: World = parts["world"]
+        self.stage: Stage = parts["stage"]
+        self.precision: str = parts["precision"]
+        self.model: nn.Module = parts["model"]
+        """The model as built; `trained` is it wrapped for DDP or FSDP2 (or itself on one process)."""
+        self.trained: nn.Module = parts["trained"]
+        self.frozen: dict[str, nn.Module] = parts["frozen"]
+        self.ema: EMA = parts["ema"]
+        self.ema_plain: nn.Module | None = parts["ema_plain"]
+        self.optimizer: torch.optim.AdamW = parts["optimizer"]
+        self.sharded: bool = parts["sharded"]
+        self.step = 0
+        self.counters = {"skipped_samples": 0, "nonfinite_steps": 0, "nonfinite_run": 0}
+        # The newest checkpoint whose weights then trained a step with a finite loss and gradient, the one to go
+        # back to when the losses become non-finite; a checkpoint is `pending` until its first step shows it.
+        self.health = Health(good=None, pending=None)
+        self.resumed = False
+        self.discard_after: int | None = None
+        """Set by resume_from: the checkpoints newer than this step go when the run saves its first."""
+        # Device-side tallies, read only every log interval (`settle`), so that a step never waits for the device.
+        device = self.world.device
+        self.nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+        self.nonfinite_run = torch.zeros((), dtype=torch.int64, device=device)
+        self.last_bad = torch.zeros((), dtype=torch.bool, device=device)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return precisions.autocast(self.precision, self.world.device)
+
+    def averaged(self) -> nn.Module | None:
+        """The EMA model on rank 0, whole (collective under FSDP2); None on the other ranks."""
+        if not self.sharded:
+            return self.ema.model if self.world.is_main else None
+        weights = distributed.full_state_dict(self.ema.model)
+        if self.ema_plain is not None:
+            self.ema_plain.load_state_dict(weights)
+        return self.ema_plain
+
+    def settle(self) -> int:
+        """Move the device tallies into `counters` (waits for the device); the steps skipped since last time."""
+        skipped = int(self.nonfinite)
+        self.nonfinite.zero_()
+        self.counters["nonfinite_steps"] += skipped
+        self.counters["nonfinite_run"] = int(self.nonfinite_run)
+        self.health.settle()
+        return skipped
+
+
+def build(config: TrainConfig, out_dir: Path, world: World, *, resuming: bool) -> Run:
+    """Determinism and precision, then the stage's models (initialised unless resuming), the EMA and AdamW,
+    wrapped for DDP or FSDP2, compiled when asked."""
+    device = world.device
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     precision = precisions.resolve(config.precision, device)
-    bf16 = precision == "bf16"
     if world.is_main and config.precision == "auto":
         print(f"precision auto: {precision} on {device.type} ({precisions.why(device)})", flush=True)
 
-    def autocast() -> contextlib.AbstractContextManager:
-        return precisions.autocast(precision, device)
-
-    # ---- models, EMA, optimizer ------------------------------------------------------------------------
+    stage = STAGES[config.stage]
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model, frozen = stage.build(config)
-    if state is None:
+    if not resuming:
         stage.init(model, frozen, config)  # fine-tuning starts from saved weights; a resume has its own
     model.to(device)
     for module in frozen.values():
         module.to(device)
-    ema = EMA(model, o.ema_decay)
+    ema = EMA(model, config.optim.ema_decay)
     sharded = world.distributed and config.parallel == "fsdp"
     # Under FSDP2 the average is sharded like the weights; rank 0 gathers it into a plain copy to sample and export.
     ema_plain = copy.deepcopy(ema.model) if sharded and world.is_main else None
-    trained = distributed.wrap(model, world, parallel=config.parallel, bf16=bf16)
+    trained = distributed.wrap(model, world, parallel=config.parallel, bf16=precision == "bf16")
     if sharded:
         distributed.wrap(ema.model, world, parallel="fsdp", bf16=False)
     optimizer = make_optimizer(model, config, device)
     if config.compile:  # after the EMA's copy is made: previews sample eagerly
         stage.compile(model)
     seed_everything(config.seed + 1 + world.rank)  # dropout and anything else drawn from the global generators
+    return Run(
+        config=config, out_dir=out_dir, world=world, stage=stage, precision=precision, model=model, trained=trained,
+        frozen=frozen, ema=ema, ema_plain=ema_plain, optimizer=optimizer, sharded=sharded,
+    )  # fmt: skip
 
-    # ---- restore ------------------------------------------------------------------------------------------
-    step, counters = 0, {"skipped_samples": 0, "nonfinite_steps": 0, "nonfinite_run": 0}
-    # The newest checkpoint whose weights then trained a step with a finite loss and gradient (`good`), the one
-    # to go back to when the losses become non-finite; a checkpoint is `pending` until its first step shows it.
-    health = Health(good=state.get("good_checkpoint") if state else None, pending=state["step"] if state else None)
-    if state is not None:
-        try:
-            distributed.load_full_state_dict(trained, ckpt.read_tensors(start, "model"))
-        except RuntimeError as e:
-            if not allow_changes:
-                raise
-            raise KinemaError(
-                f"the weights in {start} do not fit the changed config ({', '.join(allow_changes)}); "
-                "--allow-change cannot change the model's shapes, start a new run instead"
-            ) from e
-        distributed.load_full_state_dict(ema.model, ckpt.read_tensors(start, "ema"))
-        ema.updates = state["ema_updates"]
-        optimizer_state = ckpt.optimizer_state_dict(ckpt.read_tensors(start, "optimizer"), state["optimizer_groups"])
-        distributed.load_full_optimizer_state(trained, optimizer, optimizer_state)
-        if (start / f"rng-rank{world.rank}.safetensors").is_file():  # absent when the rank count grew
-            ckpt.set_rng_tensors(ckpt.read_tensors(start, f"rng-rank{world.rank}"))
-        step = state["step"]
-        counters = {k: state[k] for k in counters}
-        deliberate = resume_conflicts(state["config"], config)
-        if deliberate and world.is_main:
-            _record_changes(out_dir, step, state["config"], config, deliberate)
 
-    # ---- data ------------------------------------------------------------------------------------------------
+def restore(run: Run, start: Path, allow_changes: Sequence[str]) -> None:
+    """Load checkpoint `start` into the run: weights, EMA, optimiser, this rank's random generators, the step and
+    the tallies; a deliberate change of config is logged to config_changes.jsonl."""
+    state = ckpt.read_state(start)
+    try:
+        distributed.load_full_state_dict(run.trained, ckpt.read_tensors(start, "model"))
+    except RuntimeError as e:
+        if not allow_changes:
+            raise
+        raise KinemaError(
+            f"the weights in {start} do not fit the changed config ({', '.join(allow_changes)}); "
+            "--allow-change cannot change the model's shapes, start a new run instead"
+        ) from e
+    distributed.load_full_state_dict(run.ema.model, ckpt.read_tensors(start, "ema"))
+    run.ema.updates = state["ema_updates"]
+    optimizer_state = ckpt.optimizer_state_dict(ckpt.read_tensors(start, "optimizer"), state["optimizer_groups"])
+    distributed.load_full_optimizer_state(run.trained, run.optimizer, optimizer_state)
+    rank = run.world.rank
+    if (start / f"rng-rank{rank}.safetensors").is_file():  # absent when the rank count grew
+        ckpt.set_rng_tensors(ckpt.read_tensors(start, f"rng-rank{rank}"))
+    run.step = state["step"]
+    run.counters = {k: state[k] for k in run.counters}
+    run.nonfinite_run.fill_(run.counters["nonfinite_run"])
+    run.health = Health(good=state.get("good_checkpoint"), pending=state["step"])
+    deliberate = resume_conflicts(state["config"], run.config)
+    if deliberate and run.world.is_main:
+        _record_changes(run.out_dir, run.step, state["config"], run.config, deliberate)
+
+
+class Data(NamedTuple):
+    """Where a run's batches come from: the latent store on the device, or the dataset streamed (and cached)."""
+
+    dataset: Dataset
+    steps_per_epoch: int
+    plan: dict[str, Any]
+    """The sampling plan's settings (`plan_settings`): image ratio, mode and frame."""
+    store: Any
+    cache: LatentCache | None
+    items: Items
+
+
+def open_data(run: Run, dataset: Dataset | None) -> Data:
+    """The config's dataset (or `dataset`), encoded once into the latent store when the diffusion stage can hold
+    it, else streamed through DataLoaders with the disk cache when asked."""
+    config, world, d = run.config, run.world, run.config.data
     given = dataset is not None
     if dataset is None:
         dataset = dataset_for(config)
@@ -272,222 +415,156 @@ def _train(
             f"the dataset has {n} samples, fewer than data.batch_size ({d.batch_size}); "
             "lower the batch size or add clips"
         )
-    steps_per_epoch = n // d.batch_size
-    plan = plan_settings(config, n)
     store = None
     if config.stage == "diffusion" and d.store != "stream":
         # the whole set encoded once into tensors on the device; None when it does not fit (and said so)
         store = open_store(
-            config, dataset, frozen, model, stage.prepare, device, autocast,
-            meta=None if given else cache_meta(config, precision), world=world,
+            config, dataset, run.frozen, run.model, run.stage.prepare, world.device, run.autocast,
+            meta=None if given else cache_meta(config, run.precision), world=world,
         )  # fmt: skip
-        if store is not None and state is None:
-            counters["skipped_samples"] = int((~store.valid).sum())
+        if store is not None and not run.resumed:
+            run.counters["skipped_samples"] = int((~store.valid).sum())
     cache = None
     if store is None and d.cache and config.stage == "diffusion":
         if world.is_main:
-            LatentCache.prepare(out_dir / "cache", cache_meta(config, precision))
+            LatentCache.prepare(run.out_dir / "cache", cache_meta(config, run.precision))
         distributed.barrier(world)
-        cache = LatentCache(out_dir / "cache", rank=world.rank)
-    items = Items(dataset, cache)
+        cache = LatentCache(run.out_dir / "cache", rank=world.rank)
+    return Data(dataset, n // d.batch_size, plan_settings(config, n), store, cache, Items(dataset, cache))
 
-    # ---- signals and observers ----------------------------------------------------------------------------
-    stop = StopSignals(verbose=world.is_main)
-    stop.install()
-    observer = None
-    if world.is_main:
-        observer = Observer(
-            out_dir,
-            total_steps=config.steps,
-            start_step=step,
-            progress=config.log.progress,
-            tensorboard=config.log.tensorboard,
+
+def epoch_batches(run: Run, data: Data, epoch_end: int) -> Any:
+    """This rank's micro-batches from the run's step to `epoch_end`: gathered from the store, or loaded by one
+    DataLoader for the epoch (the cache's index re-read first)."""
+    config, world = run.config, run.world
+    shard = dict(rank=world.rank, world=world.size, accum=config.optim.grad_accum, **data.plan)
+    if data.store is not None:
+        return store_batches(data.store, run.step, epoch_end, **shard)
+    if data.cache is not None:
+        data.cache.flush()
+        distributed.barrier(world)
+        data.cache.refresh()
+    sampler = StepBatches(run.step, epoch_end, **shard)
+    # its own generator: one drawn from the global one would shift the dropout masks after it
+    seed = mix_seed(config.seed, run.step // data.steps_per_epoch, world.rank)
+    loaded = loader(data.items, sampler, num_workers=config.data.num_workers, pin_memory=world.device.type == "cuda",
+                    seed=seed)  # fmt: skip
+    return streamed(loaded, run.stage, run.frozen, config, world.device, run.autocast, data.cache)
+
+
+def train_step(run: Run, batches: Any, micro_size: int) -> tuple[dict[str, torch.Tensor], int, torch.Tensor, float]:
+    """One optimiser step: set the learning rate, accumulate gradients over the micro-batches, clip, and update
+    AdamW and the EMA unless the loss or the gradient is not finite (skipped on the device). Returns the losses
+    (means over the batch, on the device), this rank's samples, the gradient norm and the learning rate."""
+    config, world = run.config, run.world
+    o = config.optim
+    lr = lr_at(run.step, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=config.steps, schedule=o.schedule,
+               min_lr_ratio=o.min_lr_ratio)  # fmt: skip
+    set_lr(run.optimizer, lr)
+    draws = StepRandom(config.seed, run.step, config.data.batch_size, world.device)
+    losses: dict[str, torch.Tensor] = {}
+    samples = 0
+    for micro in range(o.grad_accum):
+        batch = next(batches)
+        for error in batch["errors"]:
+            log.warning("step %d, rank %d: skipped an unreadable sample (%s)", run.step, world.rank, error)
+        groups = batch["groups"]
+        if not groups:
+            raise KinemaError(
+                f"step {run.step}: every sample of rank {world.rank}'s micro-batch was unreadable; check the dataset"
+            )
+        # Every rank runs as many passes as the busiest one (the extra ones weigh 0), so that DDP's and FSDP's
+        # collectives pair up across ranks.
+        passes, errors = counts_over_ranks(world, len(groups), len(batch["errors"]))
+        run.counters["skipped_samples"] += errors
+        for k in range(passes):
+            group = groups[min(k, len(groups) - 1)]
+            weight = group["count"] / (micro_size * o.grad_accum) if k < len(groups) else 0.0
+            last = micro == o.grad_accum - 1 and k == passes - 1
+            with contextlib.nullcontext() if last else no_sync(run.trained):
+                with run.autocast():
+                    out = run.stage.step(run.trained, run.frozen, group, draws.rows(group["slots"]), config)
+                (out["loss"] * weight).backward()
+            for key, value in out.items():
+                losses[key] = losses.get(key, 0.0) + value.detach().float() * weight
+            samples += group["count"] if k < len(groups) else 0
+
+    # A non-finite loss or gradient skips the update (on the device: a fused AdamW reads `found_inf` as under a
+    # GradScaler); max_nonfinite of them in a row stop the run, checked at log intervals (`observe`).
+    grad_norm = clip_grad_norm(run.trained, o.grad_clip)
+    bad = ~(torch.isfinite(losses["loss"]) & torch.isfinite(grad_norm))
+    if world.distributed:
+        bad = distributed.any_true_tensor(world, bad)
+    optimizer_step(run.optimizer, bad, sharded=run.sharded)
+    run.ema.update(distributed.unwrap(run.trained), skip=bad)
+    run.nonfinite += bad
+    run.nonfinite_run = (run.nonfinite_run + 1) * bad
+    run.health.step(run.step, bad)
+    run.last_bad = bad
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return losses, samples, grad_norm, lr
+
+
+def observe(run: Run, observer: Observer | None, meter: Meter, grad_norm: torch.Tensor, lr: float) -> None:
+    """The progress bar every step; at log intervals the metrics row (means over ranks), the loss plot, and the
+    stop when too many steps in a row were not finite (the only times a step waits for the device)."""
+    config, step = run.config, run.step
+    logging_now = step % config.log.every == 0 or step == config.steps
+    if observer:
+        observer.progress(meter.last_loss() if logging_now else None, meter.samples_per_s())
+    if not logging_now:
+        return
+    skipped = run.settle()
+    if skipped and observer:
+        observer.message(
+            f"step {step - 1}: {skipped} of the last {config.log.every} steps had a non-finite loss or gradient and "
+            "were skipped"
         )
-    meter = Meter()
+    if run.counters["nonfinite_run"] >= config.optim.max_nonfinite:
+        raise NonFiniteError(
+            f"step {step - 1}: {run.counters['nonfinite_run']} steps in a row had a non-finite loss or gradient, "
+            "so the run stops. " + nonfinite_advice(config, run.precision, run.health.good, run.checkpoints)
+        )
+    row = {"step": step, **mean_over_ranks(run.world, meter.read())}
+    row.update(lr=lr, grad_norm=float(grad_norm), peak_memory_mb=peak_memory_mb(run.world.device), **run.counters)
+    if observer:
+        observer.write(row)
+        if step % config.log.plot_every == 0 or step == config.steps:
+            observer.plot()
 
-    discard = resume_from is not None  # the checkpoints newer than resume_from, removed by the first save
 
-    def save(at: int) -> None:
-        nonlocal discard
-        if not weights_finite(world, trained, ema.model):  # never a checkpoint that nothing can continue from
-            raise NonFiniteError(
-                f"step {at - 1}: the weights are no longer finite, so no checkpoint of step {at} is saved. "
-                + nonfinite_advice(config, precision, health.good, checkpoints)
-            )
-        if discard and world.is_main:  # the steps this run went back over: their checkpoints go, or they would
-            # count as the newest ones to prune by and to resume from
-            newer = [path for s, path in ckpt.list_checkpoints(checkpoints) if s > resume_from]
-            for path in newer:
-                shutil.rmtree(path)
-            if newer:
-                print(f"resume: removed {', '.join(p.name for p in newer)}, newer than step {resume_from}", flush=True)
-        discard = False
-        with stop.writing():  # a signal now waits for the checkpoint: cut short, it would leave nothing
-            save_checkpoint(
-                checkpoints,
-                at,
-                config=config,
-                world=world,
-                model=trained,
-                ema=ema,
-                optimizer=optimizer,
-                counters=counters,
-                steps_per_epoch=steps_per_epoch,
-                good=health.good,
-            )
-        health.saved(at)
+def preview(run: Run, dataset: Dataset) -> None:
+    """Samples from the EMA model into DIR/samples/step-N (in sample.precision: the stage sets its own autocast)."""
+    model = run.averaged()
+    if model is not None:
+        run.stage.preview(model, run.frozen, run.config, dataset, run.out_dir / "samples" / f"step-{run.step:06d}")
 
-    def averaged() -> nn.Module | None:
-        """The EMA model on rank 0, whole (collective under FSDP2); None on the other ranks."""
-        if not sharded:
-            return ema.model if world.is_main else None
-        weights = distributed.full_state_dict(ema.model)
-        if ema_plain is not None:
-            ema_plain.load_state_dict(weights)
-        return ema_plain
 
-    def preview(at: int) -> None:
-        model_to_sample = averaged()
-        if model_to_sample is not None:  # in sample.precision: the stage sets its own autocast
-            stage.preview(model_to_sample, frozen, config, dataset, out_dir / "samples" / f"step-{at:06d}")
-
-    # ---- the loop ----------------------------------------------------------------------------------------------
-    stopped_by = None
-    # Device-side tallies, read only every log interval, so that a step never waits for the device.
-    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
-    nonfinite_run = torch.full((), counters["nonfinite_run"], dtype=torch.int64, device=device)
-
-    def settle_nonfinite() -> int:
-        """Move the device tallies into `counters` (waits for the device); the steps skipped since last time."""
-        skipped = int(nonfinite)
-        nonfinite.zero_()
-        counters["nonfinite_steps"] += skipped
-        counters["nonfinite_run"] = int(nonfinite_run)
-        health.settle()
-        return skipped
-
-    try:
-        while step < config.steps and stopped_by is None:
-            epoch_end = min(config.steps, (step // steps_per_epoch + 1) * steps_per_epoch)
-            shard = dict(rank=world.rank, world=world.size, accum=o.grad_accum, **plan)
-            if store is not None:
-                batches = store_batches(store, step, epoch_end, **shard)
-            else:  # one DataLoader per epoch (the cache's index is re-read between epochs)
-                if cache is not None:
-                    cache.flush()
-                    distributed.barrier(world)
-                    cache.refresh()
-                sampler = StepBatches(step, epoch_end, **shard)
-                # its own generator: one drawn from the global one would shift the dropout masks after it
-                seed = mix_seed(config.seed, step // steps_per_epoch, world.rank)
-                loaded = loader(items, sampler, num_workers=d.num_workers, pin_memory=device.type == "cuda", seed=seed)
-                batches = streamed(loaded, stage, frozen, config, device, autocast, cache)
-
-            while step < epoch_end and stopped_by is None:
-                lr = lr_at(
-                    step,
-                    lr=o.lr,
-                    warmup_steps=o.warmup_steps,
-                    total_steps=config.steps,
-                    schedule=o.schedule,
-                    min_lr_ratio=o.min_lr_ratio,
-                )
-                set_lr(optimizer, lr)
-                draws = StepRandom(config.seed, step, d.batch_size, device)
-                losses: dict[str, torch.Tensor] = {}
-                samples = 0
-                for micro in range(o.grad_accum):
-                    batch = next(batches)
-                    for error in batch["errors"]:
-                        log.warning("step %d, rank %d: skipped an unreadable sample (%s)", step, world.rank, error)
-                    groups = batch["groups"]
-                    if not groups:
-                        raise KinemaError(
-                            f"step {step}: every sample of rank {world.rank}'s micro-batch was unreadable; "
-                            "check the dataset"
-                        )
-                    # Every rank runs as many passes as the busiest one (the extra ones weigh 0), so that DDP's
-                    # and FSDP's collectives pair up across ranks.
-                    passes, errors = counts_over_ranks(world, len(groups), len(batch["errors"]))
-                    counters["skipped_samples"] += errors
-                    for k in range(passes):
-                        group = groups[min(k, len(groups) - 1)]
-                        weight = group["count"] / (micro_size * o.grad_accum) if k < len(groups) else 0.0
-                        last = micro == o.grad_accum - 1 and k == passes - 1
-                        with contextlib.nullcontext() if last else no_sync(trained):
-                            with autocast():
-                                out = stage.step(trained, frozen, group, draws.rows(group["slots"]), config)
-                            (out["loss"] * weight).backward()
-                        for key, value in out.items():
-                            losses[key] = losses.get(key, 0.0) + value.detach().float() * weight
-                        samples += group["count"] if k < len(groups) else 0
-
-                # A non-finite loss or gradient skips the update (on the device: a fused AdamW reads `found_inf`
-                # as under a GradScaler); max_nonfinite of them in a row stop the run, checked at log intervals.
-                grad_norm = clip_grad_norm(trained, o.grad_clip)
-                bad = ~(torch.isfinite(losses["loss"]) & torch.isfinite(grad_norm))
-                if world.distributed:
-                    bad = distributed.any_true_tensor(world, bad)
-                optimizer_step(optimizer, bad, sharded=sharded)
-                ema.update(distributed.unwrap(trained), skip=bad)
-                nonfinite += bad
-                nonfinite_run = (nonfinite_run + 1) * bad
-                health.step(step, bad)
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-
-                # observe
-                meter.add(losses, bad, samples * world.size)
-                logging_now = step % config.log.every == 0 or step == config.steps
-                if observer:
-                    observer.progress(meter.last_loss() if logging_now else None, meter.samples_per_s())
-                if logging_now:
-                    skipped = settle_nonfinite()
-                    if skipped and observer:
-                        observer.message(
-                            f"step {step - 1}: {skipped} of the last {config.log.every} steps had a non-finite loss "
-                            "or gradient and were skipped"
-                        )
-                    if counters["nonfinite_run"] >= o.max_nonfinite:
-                        raise NonFiniteError(
-                            f"step {step - 1}: {counters['nonfinite_run']} steps in a row had a non-finite loss or "
-                            "gradient, so the run stops. "
-                            + nonfinite_advice(config, precision, health.good, checkpoints)
-                        )
-                    row = {"step": step, **mean_over_ranks(world, meter.read())}
-                    row.update(lr=lr, grad_norm=float(grad_norm), peak_memory_mb=peak_memory_mb(device), **counters)
-                    if observer:
-                        observer.write(row)
-                        if step % config.log.plot_every == 0 or step == config.steps:
-                            observer.plot()
-                if stop.caught or world.distributed:
-                    stopped_by = signal_on_any_rank(world, stop.caught)
-                if config.sample.every and step % config.sample.every == 0:
-                    preview(step)
-                if step % config.checkpoint.every == 0 or step == config.steps or stopped_by is not None:
-                    settle_nonfinite()
-                    save(step)
-                    if stopped_by is None and (stop.caught or world.distributed):  # a signal while it was written
-                        stopped_by = signal_on_any_rank(world, stop.caught)
-            del batches
-    finally:
-        stop.restore()
-        if cache is not None:
-            cache.flush()
-        if observer:
-            observer.close()
-
-    if stopped_by is not None:
-        if world.is_main:
-            name = signal.Signals(stopped_by).name
-            print(f"stopped by {name} after step {step}; checkpoint saved, continue with --resume", flush=True)
-        return Result(step, stopped_by, None)
-    if config.sample.every and step % config.sample.every:
-        preview(step)
-    final = averaged()
-    pipeline = write_pipeline(stage, final.eval(), frozen, config, out_dir) if final is not None else None
-    distributed.barrier(world)
-    return Result(step, None, pipeline)
+def checkpoint(run: Run, stop: StopSignals, steps_per_epoch: int) -> None:
+    """Save step-N, unless the weights are no longer finite (then the run stops, naming the checkpoint to go back
+    to); a signal meanwhile waits for the write. The first save after resume_from removes the newer ones."""
+    run.settle()
+    at, world = run.step, run.world
+    if not weights_finite(world, run.trained, run.ema.model):  # never a checkpoint that nothing can continue from
+        raise NonFiniteError(
+            f"step {at - 1}: the weights are no longer finite, so no checkpoint of step {at} is saved. "
+            + nonfinite_advice(run.config, run.precision, run.health.good, run.checkpoints)
+        )
+    if run.discard_after is not None and world.is_main:  # the steps this run went back over: their checkpoints
+        # go, or they would count as the newest ones to prune by and to resume from
+        newer = [path for s, path in ckpt.list_checkpoints(run.checkpoints) if s > run.discard_after]
+        for path in newer:
+            shutil.rmtree(path)
+        if newer:
+            print(f"resume: removed {', '.join(p.name for p in newer)}, newer than step {run.discard_after}", flush=True)
+    run.discard_after = None
+    with stop.writing():  # a signal now waits for the checkpoint: cut short, it would leave nothing
+        save_checkpoint(
+            run.checkpoints, at, config=run.config, world=world, model=run.trained, ema=run.ema,
+            optimizer=run.optimizer, counters=run.counters, steps_per_epoch=steps_per_epoch, good=run.health.good,
+        )  # fmt: skip
+    run.health.saved(at)
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
