@@ -279,9 +279,9 @@ class FolderDataset(Dataset):
     """Windows of `frames` frames from the clips (and images) of a manifest.
 
     Items: `{"video": float (3, T, H, W) in [-1, 1], "caption": str}`, T = `frames`
-    for a clip and `image_frames` for an image. It holds numbers, not rows: each window is its row's byte
-    offset in the manifest and its start time (24 bytes), and the row is read again when the window is asked
-    for; so a manifest of millions of rows fits, and DataLoader workers share the arrays instead of copying
+    for a clip and `image_frames` for an image. It holds numbers, not rows: each window is its row's number and its
+    start time, each row its byte offset in the manifest and line (16 bytes each), and the row is read again when
+    the window is asked for; so a manifest of millions of rows fits, and DataLoader workers share the arrays instead of copying
     Python objects. No open files.
     """
 
