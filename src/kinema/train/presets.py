@@ -112,14 +112,9 @@ def shapes_dit() -> TrainConfig:
     conditioning task mixed in; extension (the first 1-4 latent frames known) is how long video continues
     a clip, and a 17-frame window of a long bouncing clip is a clip of the data (uniform phase).
 
-    34,000 steps of batch 16, each denoiser block compiled: about 0.38 s a step on a 2-core CPU with
-    AVX-512 BF16 and AMX, in bf16, from the latent store (0.52 s without compile; about 3.5 hours;
+    40,000 steps of batch 16, each denoiser block compiled: about 0.38 s a step on a 2-core CPU with
+    AVX-512 BF16 and AMX, in bf16, from the latent store (0.52 s without compile; about 4.5 hours;
     `precision` auto trains in fp32 on other CPUs, `--dry-run` measures it; `benchmarks/train.py`).
-
-    The shipped model (version 2, on the VAE of `shapes_vae`, which holds frame 0 into the past) ran this
-    recipe planned at 40,000 steps; the session it ran in ended at step 19,750 and it resumed with
-    `--steps 34000` (the cosine schedule recomputed for the new length: the learning rate fell from 1.7e-4
-    to 1.3e-4 there), so the preset now says 34,000.
 
     The first shipped model (version 1, on a VAE that padded time with zeros, before bouncing) was
     trained with this recipe, its run lengthened three times on resume: from 10,000 steps at step 3,095 (at 2,750 steps no clip
@@ -145,14 +140,14 @@ def shapes_dit() -> TrainConfig:
     """
     # the shipped model's sampling defaults (benchmarks/default_settings.json), so a rerun exports them too
     sample = SampleConfig(every=1000, prompts=SHAPES_PROMPTS, method="dpmpp_2m", steps=10, guidance=2.0, shift=6.0)
-    config = _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=34_000, sample=sample)
+    config = _shapes_diffusion(dit=dit_shapes(latent_channels=8), text=text_shapes(), steps=40_000, sample=sample)
     return dataclasses.replace(config, compile=True)
 
 
 def shapes_dit_gpu() -> TrainConfig:
     """The shipped model's recipe scaled for one large GPU (an H100 or H200), meant to reach its quality in
     under 10 minutes: batch 128 (8x) at learning rate 8e-4 (about the square-root rule from 3e-4 at 16),
-    10,000 steps (1.28M samples, 2.4x the shipped run's 544k), on 40,000 clips held in the latent store on
+    10,000 steps (1.28M samples, twice the shipped run's 640k), on 40,000 clips held in the latent store on
     the GPU, each denoiser block compiled. On the shipped VAE, so it retrains the shipped denoiser.
     `benchmarks/gpu_session.sh` trains it and evaluates the result within a lent GPU's 15 minutes.
     """
