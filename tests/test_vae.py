@@ -24,13 +24,7 @@ from kinema.models.vae_loss import VAELossConfig, kl_divergence, vae_loss
 from kinema.precision import autocast, resolve
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: extra threads only add synchronisation (and stall on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vae(**overrides) -> VideoVAE:
